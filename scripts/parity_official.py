@@ -70,7 +70,9 @@ def live(repo: str, harness: str, variant: str, seed: int, batch: int) -> dict:
 
 
 def dump(path: str, variant: str) -> dict:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    # The harness stores torch.__version__ (a TorchVersion object) beside the tensors; allow just that class.
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     x, ref = blob["input"], blob["output"]
     ours = _ours_from(blob["state_dict"], variant, x.shape[1])
     with torch.no_grad():

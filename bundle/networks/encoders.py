@@ -106,7 +106,10 @@ def load_encoder_state_dict(model: nn.Module, weights: Union[str, os.PathLike]) 
     head_keys = [k for k in cleaned if k.startswith("head.")]
     for key in head_keys:
         del cleaned[key]
-    result = model.load_state_dict(cleaned, strict=False)
+    try:
+        result = model.load_state_dict(cleaned, strict=False)
+    except RuntimeError as err:  # size mismatches: a different architecture under the same key names
+        raise ValueError(f"Encoder weights {path} do not fit {type(model).__name__}: {err}") from None
     if result.missing_keys:
         shown = ", ".join(result.missing_keys[:8])
         raise ValueError(
