@@ -42,8 +42,12 @@ def main(variant: str = "paper", out: str = "docs/architecture.png") -> None:
     ax.set_title(f"MSA²Net ({variant} variant): MaxViT-S encoder, MASAG skips, hybrid decoder", fontsize=11)
 
     _box(ax, 0.2, 5.35, 1.6, 0.6, "input 1×224² CT\n(repeated to RGB)", "#ffffff")
-    enc = [("MaxViT stage 1\n96×56²", 4.3), ("MaxViT stage 2\n192×28²", 3.2), ("MaxViT stage 3\n384×14²", 2.1),
-           ("MaxViT stage 4\n768×7² + norm", 1.0)]
+    enc = [
+        ("MaxViT stage 1\n96×56²", 4.3),
+        ("MaxViT stage 2\n192×28²", 3.2),
+        ("MaxViT stage 3\n384×14²", 2.1),
+        ("MaxViT stage 4\n768×7² + norm", 1.0),
+    ]
     _box(ax, 0.2, 4.55, 1.6, 0.45, "stem (stride 2)", COLORS["enc"])
     _arrow(ax, (1.0, 5.35), (1.0, 5.0))
     prev = (1.0, 4.55)
@@ -76,10 +80,16 @@ def main(variant: str = "paper", out: str = "docs/architecture.png") -> None:
         prev = (9.55, y + 0.7)
     _box(ax, 8.6, 5.2, 1.9, 0.6, "1×1 conv head\nlogits 9×224²", "#ffffff")
     _arrow(ax, (9.55, 4.45), (9.55, 5.2))
-    ax.text(2.3, 5.75, "grey arrows: encoder skip X    blue: decoder tokens G (linear-projected in each stage)",
-            fontsize=7.5, color="#333333")
-    ax.text(2.3, 5.45, "skip stages use the official raw-view layout (docs/fidelity.md §4)", fontsize=7.5,
-            color="#333333")
+    ax.text(
+        2.3,
+        5.75,
+        "grey arrows: encoder skip X    blue: decoder tokens G (linear-projected in each stage)",
+        fontsize=7.5,
+        color="#333333",
+    )
+    ax.text(
+        2.3, 5.45, "skip stages use the official raw-view layout (docs/fidelity.md §4)", fontsize=7.5, color="#333333"
+    )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)

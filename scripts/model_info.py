@@ -38,8 +38,10 @@ def main(variant: str = "paper", in_channels: int = 1, out_channels: int = 9, js
     names = list(VARIANTS) if variant == "all" else [variant]
     infos = [describe(v, in_channels, out_channels) for v in names]
     for info in infos:
-        print(f"== {info['variant']}  output {info['output_shape']}  "
-              f"{info['macs_224']['gmacs']:.3f} GMACs ({info['macs_224']['gflops']:.3f} GFLOPs) at 224x224")
+        print(
+            f"== {info['variant']}  output {info['output_shape']}  "
+            f"{info['macs_224']['gmacs']:.3f} GMACs ({info['macs_224']['gflops']:.3f} GFLOPs) at 224x224"
+        )
         for part, n in info["parameters"].items():
             print(f"  {part:<48s} {n:>12,d}")
     if json_out:

@@ -96,7 +96,10 @@ def test_convert_cli_writes_a_strictly_loadable_file(tmp_path):
     torch.save({"model": {f"module.{k}": v for k, v in official_state("released").items()}}, src)
     run = subprocess.run(
         [sys.executable, "scripts/convert_official.py", "--src", str(src), "--dst", str(dst)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "variant=released" in run.stdout and "dropped" in run.stdout

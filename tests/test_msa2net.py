@@ -176,8 +176,12 @@ def _fingerprint(net: torch.nn.Module) -> dict:
     x = torch.randn(2, 1, 224, 224, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         y = net(x).double()
-    return {"sum": float(y.sum()), "abs_mean": float(y.abs().mean()), "std": float(y.std()),
-            "pixel": y[0, :, 100, 100].tolist()}
+    return {
+        "sum": float(y.sum()),
+        "abs_mean": float(y.abs().mean()),
+        "std": float(y.std()),
+        "pixel": y[0, :, 100, 100].tolist(),
+    }
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
