@@ -233,7 +233,10 @@ def test_convert_infers_channels_and_unwraps(tmp_path):
 
 
 def test_convert_refuses_other_architectures():
-    msa2net_like = {"backbone.backbone.stem.conv1.weight": torch.zeros(1), "decoder_0.last_layer.weight": torch.zeros(1)}
+    msa2net_like = {
+        "backbone.backbone.stem.conv1.weight": torch.zeros(1),
+        "decoder_0.last_layer.weight": torch.zeros(1),
+    }
     with pytest.raises(ValueError, match="Not an official SA2-Net.*MSA²Net"):
         convert_official_state_dict(msa2net_like)
     ours = SA2Net(3, 1, base_channels=8).state_dict()
@@ -299,17 +302,47 @@ def test_torchscript_matches_eager(net_ds):
 # docs/fidelity_sa2net.md), torch 2.14.1 CPU: torch.manual_seed(1234) build, randomize_state(seed 7), input
 # N(0,1) from generator seed 11, shape (2, 3, 64, 64).
 REGRESSION = {
-    "eval": {"mean": 0.13170179401095083, "std": 0.02556738895377062, "abs_sum": 1078.9010965377092, "pixel": 0.1312578171491623},
-    "train0": {"mean": 0.042393827836349374, "std": 0.3205776688474651, "abs_sum": 2102.230219140649, "pixel": 0.0654822289943695},
-    "train1": {"mean": 0.22750344281891444, "std": 0.25508854667972186, "abs_sum": 2291.0461393895093, "pixel": -0.06792554259300232},
-    "train2": {"mean": -0.2000115717119897, "std": 0.26545357129122676, "abs_sum": 2235.6256064519403, "pixel": -0.3929406404495239},
-    "train3": {"mean": 0.12336665844790673, "std": 0.25263641185174884, "abs_sum": 1841.687572029652, "pixel": 0.05816863104701042},
+    "eval": {
+        "mean": 0.13170179401095083,
+        "std": 0.02556738895377062,
+        "abs_sum": 1078.9010965377092,
+        "pixel": 0.1312578171491623,
+    },
+    "train0": {
+        "mean": 0.042393827836349374,
+        "std": 0.3205776688474651,
+        "abs_sum": 2102.230219140649,
+        "pixel": 0.0654822289943695,
+    },
+    "train1": {
+        "mean": 0.22750344281891444,
+        "std": 0.25508854667972186,
+        "abs_sum": 2291.0461393895093,
+        "pixel": -0.06792554259300232,
+    },
+    "train2": {
+        "mean": -0.2000115717119897,
+        "std": 0.26545357129122676,
+        "abs_sum": 2235.6256064519403,
+        "pixel": -0.3929406404495239,
+    },
+    "train3": {
+        "mean": 0.12336665844790673,
+        "std": 0.25263641185174884,
+        "abs_sum": 1841.687572029652,
+        "pixel": 0.05816863104701042,
+    },
 }
 
 
 def _fingerprint(t: torch.Tensor) -> dict:
     t = t.double()
-    return {"mean": float(t.mean()), "std": float(t.std()), "abs_sum": float(t.abs().sum()), "pixel": float(t[1, 0, 17, 42])}
+    return {
+        "mean": float(t.mean()),
+        "std": float(t.std()),
+        "abs_sum": float(t.abs().sum()),
+        "pixel": float(t[1, 0, 17, 42]),
+    }
 
 
 def test_seeded_regression():

@@ -74,7 +74,11 @@ class SA2Net(nn.Module):
         self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64, deep_supervision: bool = False
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base_channels", base_channels)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("base_channels", base_channels),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SA2Net {name} must be a positive integer, got {value!r}.")
         if not isinstance(deep_supervision, bool):
@@ -92,11 +96,18 @@ class SA2Net(nn.Module):
             stages.append(nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(w_in, w_out), conv_bn_relu(w_out, w_out)))
         self.encoder = nn.ModuleList(stages)
         # Stages 2-4 go to SA2 at C channels; the deepest keeps 8C and feeds the decoder directly.
-        self.side_convs = nn.ModuleList([nn.Conv2d(w, c, 3, padding=1) for w in widths[1:4]] + [nn.Conv2d(8 * c, 8 * c, 3, padding=1)])
+        self.side_convs = nn.ModuleList(
+            [nn.Conv2d(w, c, 3, padding=1) for w in widths[1:4]] + [nn.Conv2d(8 * c, 8 * c, 3, padding=1)]
+        )
         self.sa2 = ScaleAwareAttention(c, out_channels=widths[:4], reference_scale=2)
         # Deep to shallow: (decoder in = skip width, out).
         self.decoder = nn.ModuleList(
-            [AdaptiveUpAttention(8 * c, 4 * c), AdaptiveUpAttention(4 * c, 2 * c), AdaptiveUpAttention(2 * c, c), AdaptiveUpAttention(c, c)]
+            [
+                AdaptiveUpAttention(8 * c, 4 * c),
+                AdaptiveUpAttention(4 * c, 2 * c),
+                AdaptiveUpAttention(2 * c, c),
+                AdaptiveUpAttention(c, c),
+            ]
         )
         self.head = nn.Conv2d(c, out_channels, 1)
         # Official order after the main head: decoder outputs at strides 2, 4, 8 (widths C, 2C, 4C).

@@ -68,7 +68,9 @@ class UpAttentionGate(nn.Module):
         if channels < 1:
             raise ValueError(f"UpAttentionGate channels must be a positive integer, got {channels}.")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"UpAttentionGate kernel_size must be a positive odd integer (same-size output), got {kernel_size}.")
+            raise ValueError(
+                f"UpAttentionGate kernel_size must be a positive odd integer (same-size output), got {kernel_size}."
+            )
         self.gate_norm = nn.LayerNorm(channels, eps=1e-6)
         self.gate_proj = nn.Conv2d(channels, channels, 1)
         self.gate_dwconv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)

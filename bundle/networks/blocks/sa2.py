@@ -55,7 +55,9 @@ class LocalScaleAttention(nn.Module):
     def __init__(self, channels: int, expansion: int = 2) -> None:
         super().__init__()
         if channels < 1 or expansion < 1:
-            raise ValueError(f"LocalScaleAttention needs channels >= 1 and expansion >= 1, got {channels}, {expansion}.")
+            raise ValueError(
+                f"LocalScaleAttention needs channels >= 1 and expansion >= 1, got {channels}, {expansion}."
+            )
         hidden = 2 * expansion * channels
         self.project_in = nn.Conv2d(channels, hidden, 1)
         self.dwconv3 = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
