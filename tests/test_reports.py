@@ -1,0 +1,167 @@
+"""Tests for bundle.reports: the Ignite handler's CSV/JSON/Markdown, and that each plot writes a PNG of the right size."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.data import MetaTensor
+from PIL import Image
+
+from bundle import reports as R
+
+medpy_binary = pytest.importorskip("medpy.metric.binary")
+
+
+def _cases():
+    """Two (H, W, D) volumes: case A has spleen (1) well found and liver (5) missed; case B adds a false-positive
+    gallbladder (4). Every other organ is absent from both."""
+    t = np.zeros((12, 10, 6), np.int64)
+    t[2:7, 2:7, 1:4] = 1
+    t[8:11, 1:5, 2:5] = 5
+    pa = t.copy()
+    pa[8:11, 1:5, 2:5] = 0  # liver missed
+    pa[2:7, 2:7, 4] = 1  # spleen one slice too long
+    pb = t.copy()
+    pb[0:2, 7:9, 0:2] = 4  # gallbladder that is not there
+    return [("caseA", pa, t), ("caseB", pb, t.copy())]
+
+
+def _mt(a, spacing, name, onehot=False):
+    x = torch.as_tensor(a)[None]
+    if onehot:
+        x = torch.nn.functional.one_hot(x[0], 9).permute(3, 0, 1, 2).float()
+    return MetaTensor(
+        x, affine=torch.diag(torch.tensor([*spacing, 1.0])), meta={"filename_or_obj": f"/d/{name}.nii.gz"}
+    )
+
+
+def _run_engine(tmp_path, **kw):
+    cases = _cases()
+    handler = R.SegmentationReport(output_dir=tmp_path, **kw)
+
+    def step(engine, batch):
+        name, p, t = batch
+        # what MONAI's evaluator leaves after decollate_batch: a list of per-case dicts
+        return [{"pred": _mt(p, (0.8, 0.8, 2.5), name, onehot=True), "label": _mt(t, (0.8, 0.8, 2.5), name)}]
+
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run(cases, max_epochs=1)
+    return engine, cases
+
+
+def test_handler_writes_csv_json_markdown(tmp_path):
+    engine, cases = _run_engine(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "metrics_long.csv")))
+    assert len(rows) == 2 * 8 * (2 + 4)  # cases x organs x (protocol dice, hd95 + clinical dice, hd95, assd, nsd)
+    get = {(r["case"], r["label"], r["mode"], r["metric"]): (float(r["value"]), r["status"]) for r in rows}
+    # spleen, both cases: medpy's values on the binary volumes
+    for name, p, t in cases:
+        assert get[(name, "1", "protocol", "dice")][0] == pytest.approx(medpy_binary.dc(p == 1, t == 1))
+        assert get[(name, "1", "protocol", "hd95")][0] == pytest.approx(medpy_binary.hd95(p == 1, t == 1))
+        mm = medpy_binary.hd95(p == 1, t == 1, voxelspacing=(0.8, 0.8, 2.5))
+        assert get[(name, "1", "clinical", "hd95_mm")][0] == pytest.approx(mm)
+    assert get[("caseA", "5", "protocol", "hd95")] == (0.0, "missed")  # published rule: miss -> HD95 0
+    assert math.isnan(get[("caseA", "5", "clinical", "hd95_mm")][0])
+    assert get[("caseB", "4", "protocol", "dice")] == (1.0, "false_positive")  # published rule: (1, 0)
+
+    s = json.load(open(tmp_path / "summary.json"))
+    assert s["num_cases"] == 2 and [c["case"] for c in s["cases"]] == ["caseA", "caseB"]
+    assert s["cases"][0]["spacing"] == pytest.approx([0.8, 0.8, 2.5]) and s["cases"][0]["spacing_source"] == "affine"
+    # protocol means: per organ over the 2 cases, then over the 8 organs
+    dA, dB = medpy_binary.dc(cases[0][1] == 1, cases[0][2] == 1), 1.0
+    liver = (0.0 + 1.0) / 2
+    gall = (0.0 + 1.0) / 2  # case A: both empty -> 0 ; case B: FP -> 1
+    assert s["protocol"]["per_organ"]["spleen"]["dice"] == pytest.approx((dA + dB) / 2)
+    assert s["protocol"]["mean_dice"] == pytest.approx(((dA + dB) / 2 + liver + gall) / 8)
+    assert s["protocol"]["hd95_unit"] == "voxel" and s["clinical"]["hd95_unit"] == "mm"
+    cl = s["clinical"]["per_organ"]
+    assert cl["liver"]["n_missed"] == 1 and cl["liver"]["hd95_mm"] == 0.0  # only case B measured, perfect
+    assert cl["aorta"]["dice"] is None and cl["aorta"]["n_absent"] == 2  # NaN -> null in strict JSON
+    assert engine.state.metrics["protocol_mean_dice"] == pytest.approx(s["protocol"]["mean_dice"])
+
+    md = (tmp_path / "table1.md").read_text().splitlines()
+    header = next(line for line in md if line.startswith("| Method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", *R.TABLE1_COLUMNS, "DSC ↑", "HD95 ↓"]
+    paper = next(line for line in md if line.startswith("| MSA²Net (paper"))
+    assert paper.split("|")[-3].strip() == "84.75" and paper.split("|")[-2].strip() == "13.29"
+    ours = [c.strip() for c in next(line for line in md if line.startswith("| Ours")).strip("|").split("|")]
+    assert float(ours[1]) == pytest.approx(100 * s["protocol"]["per_organ"]["spleen"]["dice"], abs=0.006)
+    assert float(ours[-1]) == pytest.approx(s["protocol"]["mean_hd95"], abs=0.006)
+    aorta = next(line for line in md if line.startswith("| aorta"))
+    assert "missing" in aorta
+
+
+def test_handler_resets_each_epoch_and_no_temp_files_left(tmp_path):
+    cases = _cases()
+    h = R.SegmentationReport(output_dir=tmp_path, pred_key="p", label_key="y")
+    engine = Engine(lambda e, b: {"p": torch.as_tensor(b[1])[None], "y": torch.as_tensor(b[2])[None]})  # plain, no meta
+    h.attach(engine)
+    engine.run(cases, max_epochs=2)
+    s = json.load(open(tmp_path / "summary.json"))
+    assert s["num_cases"] == 2  # not 4: epoch 2 started afresh
+    assert [c["case"] for c in s["cases"]] == ["case_000", "case_001"] and s["cases"][0]["spacing_source"] == "default"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics_long.csv", "summary.json", "table1.md"]
+
+
+def test_handler_rejects_mismatched_names(tmp_path):
+    with pytest.raises(ValueError, match="same length"):
+        R.SegmentationReport(tmp_path, labels=[1, 2], class_names=["a"])
+
+
+def test_select_slices():
+    t = np.zeros((6, 6, 3), int)
+    t[1:5, 1:5, :] = 2
+    p = t.copy()
+    p[1:3, 1:5, 0] = 0  # slice 0 half missed
+    p[:, :, 2] = 0  # slice 2 fully missed
+    sel = R.select_slices(t, p, 2)
+    assert sel["worst"] == (2, 0.0) and sel["best"] == (1, 1.0)
+    assert R.select_slices(t, p, 3) is None
+
+
+def _png_size(path):
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_plots_have_expected_pixel_size(tmp_path):
+    img = np.random.default_rng(0).random((40, 30))
+    t = np.zeros((40, 30), int)
+    t[5:20, 5:15] = 1
+    p = np.roll(t, 2, 0)
+    assert _png_size(R.plot_overlay(img, t, p, tmp_path / "o.png", size_px=256, title="x")) == (256, 256)
+    assert _png_size(R.plot_dice_bars({"a": 0.5, "b": float("nan")}, tmp_path / "b.png")) == (800, 400)
+    bars = R.plot_dice_bars(dict(zip(R.SYNAPSE_CLASSES, [0.9] * 8)), tmp_path / "b2.png", paper=R.PAPER_MSA2NET_SYNAPSE)
+    assert _png_size(bars) == (800, 400)
+    with pytest.raises(ValueError, match="2D slices"):
+        R.plot_overlay(img, t[:10], p, tmp_path / "bad.png")
+
+
+def test_training_history_from_logs_tensorboard_and_json(tmp_path):
+    (tmp_path / "train.log").write_text(
+        "2025-01-01 12:00:00,000 - INFO - Epoch: 1/2, Iter: 1/3 -- train_loss: 0.9000 \n"
+        "2025-01-01 12:00:01,000 - INFO - Epoch: 2/2, Iter: 2/3 -- train_loss: 0.5000 \n"
+        "2025-01-01 12:00:02,000 - INFO - Epoch[2] Metrics -- val_mean_dice: 0.4200 val_hd95: 12.5000 \n"
+        "unrelated line\n"
+    )
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "tb")) as w:
+        for step, v in [(1, 0.1), (2, 0.3)]:
+            w.add_scalar("tb_dice", v, step)
+    (tmp_path / "metrics.json").write_text(json.dumps({"json_loss": [1.0, 0.8, 0.6]}))
+    h = R.read_training_history(tmp_path)
+    assert h["train_loss"] == {"x": [1, 5], "y": [0.9, 0.5], "unit": "iteration"}  # (2-1)*3+2 = 5
+    assert h["val_mean_dice"] == {"x": [2], "y": [0.42], "unit": "epoch"}
+    assert h["val_hd95"]["y"] == [12.5]
+    assert h["tb_dice"]["x"] == [1, 2] and h["tb_dice"]["y"] == pytest.approx([0.1, 0.3])
+    assert h["json_loss"]["x"] == [1, 2, 3]
+    assert _png_size(R.plot_training_curves(h, tmp_path / "c.png")) == (900, 400)
+    with pytest.raises(ValueError, match="no training series"):
+        R.plot_training_curves({}, tmp_path / "e.png")
