@@ -351,7 +351,9 @@ def _gather(records: list[dict]):
 
 
 def select_slices(truth, pred, label: int, axis: int = -1) -> dict | None:
-    """Best and worst slice for one organ by per-slice Dice, among slices where the truth contains it.
+    """Best and worst slice for one organ by per-slice Dice, among slices where the truth or prediction has it.
+
+    A slice with only a false-positive organ scores 0, so spurious detections can be the worst slice.
 
     Args:
         truth: integer label volume.
@@ -360,16 +362,15 @@ def select_slices(truth, pred, label: int, axis: int = -1) -> dict | None:
         axis: slice axis (default last, the axial axis of an (H, W, D) NIfTI array).
 
     Returns:
-        ``{"best": (index, dice), "worst": (index, dice)}``, or ``None`` if the organ is not in the truth.
+        ``{"best": (index, dice), "worst": (index, dice)}``, or ``None`` if the organ is in neither volume.
     """
     t = np.moveaxis(np.asarray(truth) == label, axis, 0)
     p = np.moveaxis(np.asarray(pred) == label, axis, 0)
-    sizes = t.reshape(len(t), -1).sum(1)
+    sizes = t.reshape(len(t), -1).sum(1) + p.reshape(len(p), -1).sum(1)
     idx = np.flatnonzero(sizes)
     if idx.size == 0:
         return None
-    inter = (t & p).reshape(len(t), -1).sum(1)[idx]
-    dsc = 2 * inter / (sizes[idx] + p.reshape(len(p), -1).sum(1)[idx])
+    dsc = 2 * (t & p).reshape(len(t), -1).sum(1)[idx] / sizes[idx]
     # ties: the largest organ cross-section is the most informative picture
     order = np.lexsort((-sizes[idx], dsc))
     worst, best = order[0], np.lexsort((-sizes[idx], -dsc))[0]

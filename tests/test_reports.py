@@ -1,4 +1,4 @@
-"""Tests for bundle.reports: the Ignite handler's CSV/JSON/Markdown, and that each plot writes a PNG of the right size."""
+"""Tests for bundle.reports: the handler's CSV/JSON/Markdown, and that each plot writes a PNG of the right size."""
 
 import csv
 import json
@@ -122,6 +122,8 @@ def test_select_slices():
     sel = R.select_slices(t, p, 2)
     assert sel["worst"] == (2, 0.0) and sel["best"] == (1, 1.0)
     assert R.select_slices(t, p, 3) is None
+    p[0, 0, 1] = 3  # a false-positive organ only: its one slice is both best and worst, Dice 0
+    assert R.select_slices(t, p, 3) == {"best": (1, 0.0), "worst": (1, 0.0)}
 
 
 def _png_size(path):
@@ -165,3 +167,25 @@ def test_training_history_from_logs_tensorboard_and_json(tmp_path):
     assert _png_size(R.plot_training_curves(h, tmp_path / "c.png")) == (900, 400)
     with pytest.raises(ValueError, match="no training series"):
         R.plot_training_curves({}, tmp_path / "e.png")
+
+
+def test_report_cli_functions(tmp_path):
+    import importlib.util
+
+    import nibabel as nib
+
+    spec = importlib.util.spec_from_file_location("report_cli", R.Path(__file__).parents[1] / "scripts" / "report.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    name, p, t = _cases()[0]
+    paths = {}
+    for k, a in {"image": np.random.default_rng(1).normal(0, 100, t.shape), "label": t, "pred": p}.items():
+        paths[k] = str(tmp_path / f"{name}_{k}.nii.gz")
+        nib.save(nib.Nifti1Image(a.astype(np.float32 if k == "image" else np.int16), np.eye(4)), paths[k])
+    written = cli.overlays(**paths, out_dir=tmp_path / "png", size_px=128)
+    # spleen and liver are in the truth -> best + worst each; the spleen's worst slice is the predicted-only one (z=4, Dice 0)
+    assert len(written) == 4 and any("spleen_worst_z4" in w for w in written)
+    assert all(_png_size(R.Path(w)) == (128, 128) for w in written)
+    _run_engine(tmp_path / "eval")
+    assert _png_size(R.Path(cli.bars(tmp_path / "eval" / "summary.json", tmp_path / "b.png"))) == (800, 400)
+    assert _png_size(R.Path(cli.bars(tmp_path / "eval" / "metrics_long.csv", tmp_path / "b2.png"))) == (800, 400)

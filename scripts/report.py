@@ -1,0 +1,81 @@
+"""Report CLI: overlays of the best/worst slice per organ, the Dice bar chart, training curves.
+
+A thin door over :mod:`bundle.reports`; see docs/evaluation.md. Examples (from the repo root)::
+
+    python scripts/report.py overlays --image img.nii.gz --label lab.nii.gz --pred pred.nii.gz --out_dir eval/png
+    python scripts/report.py overlays --datalist cases.json --out_dir eval/png   # [{"image","label","pred"}, ...]
+    python scripts/report.py bars --report eval/summary.json --out eval/dice_bars.png
+    python scripts/report.py curves --run_dir runs/train --out eval/curves.png
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import fire
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from bundle import reports  # noqa: E402
+from bundle.metrics import SYNAPSE_CLASSES  # noqa: E402
+
+
+def _stem(path) -> str:
+    return Path(path).name.split(".nii")[0]
+
+
+def overlays(image=None, label=None, pred=None, out_dir="overlays", datalist=None, window=(-125, 275), size_px=512):
+    """Best and worst axial slice per organ (by slice Dice) for one case or every case of a datalist JSON.
+
+    Args:
+        image: CT NIfTI (H, W, D).
+        label: ground-truth label NIfTI, same grid.
+        pred: predicted label NIfTI, same grid.
+        out_dir: output folder; files are ``<case>_<organ>_{best,worst}_z<k>.png``.
+        datalist: JSON list of ``{"image", "label", "pred"}`` paths instead of the three arguments.
+        window: HU display window (the Synapse preprocessing window by default).
+        size_px: PNG width and height.
+    """
+    items = json.loads(Path(datalist).read_text()) if datalist else [{"image": image, "label": label, "pred": pred}]
+    written = []
+    for it in items:
+        img, lab, prd = (np.asarray(nib.load(it[k]).dataobj) for k in ("image", "label", "pred"))
+        img = np.clip(img, *window)
+        case = _stem(it["label"])
+        for c, name in enumerate(SYNAPSE_CLASSES, 1):
+            sel = reports.select_slices(lab, prd, c)
+            for kind, (z, d) in (sel or {}).items():
+                path = Path(out_dir) / f"{case}_{name.replace(' ', '_')}_{kind}_z{z}.png"
+                title = f"{case} {name} {kind}: slice {z}, Dice {d:.3f}"
+                written.append(
+                    str(reports.plot_overlay(img[..., z], lab[..., z], prd[..., z], path, title=title, size_px=size_px))
+                )
+    return written
+
+
+def bars(report, out="dice_bars.png", paper=True):
+    """Per-organ protocol Dice bars from a ``summary.json`` or ``metrics_long.csv`` written by SegmentationReport."""
+    if str(report).endswith(".json"):
+        per_organ = {k: v["dice"] for k, v in json.loads(Path(report).read_text())["protocol"]["per_organ"].items()}
+    else:
+        import csv
+
+        vals = {}
+        for r in csv.DictReader(open(report)):
+            if r["mode"] == "protocol" and r["metric"] == "dice":
+                vals.setdefault(r["organ"], []).append(float(r["value"]))
+        per_organ = {k: float(np.mean(v)) for k, v in vals.items()}
+    use_paper = paper and list(per_organ) == list(SYNAPSE_CLASSES)
+    return str(reports.plot_dice_bars(per_organ, out, reports.PAPER_MSA2NET_SYNAPSE if use_paper else None))
+
+
+def curves(run_dir, out="training_curves.png"):
+    """Loss and validation curves from StatsHandler logs, TensorBoard events and/or metrics.json under ``run_dir``."""
+    return str(reports.plot_training_curves(reports.read_training_history(run_dir), out))
+
+
+if __name__ == "__main__":
+    fire.Fire({"overlays": overlays, "bars": bars, "curves": curves})
