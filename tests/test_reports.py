@@ -183,7 +183,7 @@ def test_report_cli_functions(tmp_path):
         paths[k] = str(tmp_path / f"{name}_{k}.nii.gz")
         nib.save(nib.Nifti1Image(a.astype(np.float32 if k == "image" else np.int16), np.eye(4)), paths[k])
     written = cli.overlays(**paths, out_dir=tmp_path / "png", size_px=128)
-    # spleen and liver are in the truth -> best + worst each; the spleen's worst slice is the predicted-only one (z=4, Dice 0)
+    # spleen and liver are in the truth -> best + worst each; the spleen's worst is the predicted-only z=4 (Dice 0)
     assert len(written) == 4 and any("spleen_worst_z4" in w for w in written)
     assert all(_png_size(R.Path(w)) == (128, 128) for w in written)
     _run_engine(tmp_path / "eval")
