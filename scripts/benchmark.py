@@ -1,0 +1,435 @@
+"""MSA²Net benchmarks: network forward / train step, whole-volume inference, data loader, side by side.
+
+Every sub-command writes a record ``docs/benchmarks/<name>.json`` and ``.md`` with the device, CPU/GPU model,
+library versions, dtype, batch size, threads, load average and date. Shared machines are noisy: on them only
+the ``side_by_side`` ratios (implementations timed alternately in one process) are comparable between
+implementations; absolute times are context.
+
+Examples::
+
+    python scripts/benchmark.py forward --threads 2                        # CPU: eager/onnx, fp32/bf16
+    python scripts/benchmark.py forward --device cuda --dtypes fp32,bf16,fp16 --batches 1,8,32,128
+    python scripts/benchmark.py volume --threads 2 --backend auto --batch 4
+    python scripts/benchmark.py side_by_side --threads 2 --official_repo /tmp/msa2net_src --rounds 10
+    python scripts/benchmark.py loader
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import fire
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bundle.networks import MSA2Net  # noqa: E402
+from bundle.perf import cpu_supports_bf16, optimize_for_inference  # noqa: E402
+
+OUT_DIR = ROOT / "docs" / "benchmarks"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HARNESS = ROOT.parent / "shared" / "tools" / "official_msa2net_harness.py"
+_OFFICIAL_NAME = {"released": "released", "paper": "dae_v1"}
+
+
+# ----------------------------------------------------------------------------------------------- records
+def _cpu_model() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _environment(device: str, threads: int) -> dict:
+    def version(name: str) -> str:
+        try:
+            return __import__(name).__version__
+        except ImportError:
+            return "not installed"
+
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_native_bf16": cpu_supports_bf16(),
+        "threads": threads,
+        "loadavg_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "timm", "monai", "onnxruntime", "numpy")},
+    }
+    if device.startswith("cuda"):
+        env["gpu_model"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def _md_table(rows: List[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(name: str, record: dict, command: str) -> None:
+    record["env"]["loadavg_end"] = list(os.getloadavg())
+    record["command"] = command
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    env = "\n".join(f"- {k}: {v}" for k, v in record["env"].items())
+    notes = "".join(f"- {n}\n" for n in record.get("notes", []))
+    md = f"# {name}\n\nCommand: `{command}`\n\n{env}\n\n{notes}\n{_md_table(record['rows'])}"
+    (OUT_DIR / f"{name}.md").write_text(md)
+    print(md)
+
+
+def _command() -> str:
+    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0])] + sys.argv[1:])
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _split(value) -> List[str]:
+    # fire turns "a,b" into a tuple and "1" into an int; accept all of them.
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).split(",") if v]
+
+
+def _setup(threads: int, device: str) -> str:
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _build(variant: str, seed: int = 0) -> MSA2Net:
+    torch.manual_seed(seed)
+    return MSA2Net(in_channels=1, out_channels=9, variant=variant).eval()
+
+
+def _time(fn: Callable[[], object], device: str, warmup: int, reps: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _loss_fn():
+    """BoundaryDoULoss from ``bundle.losses`` when it exists, else a labelled placeholder (CE + soft Dice)."""
+    try:
+        from bundle.losses import BoundaryDoULoss  # written by another engineer; may not exist yet
+
+        return BoundaryDoULoss(n_classes=9), "bundle.losses.BoundaryDoULoss"
+    except Exception:
+        ce = torch.nn.CrossEntropyLoss()
+
+        def placeholder(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            probs = logits.float().softmax(1)
+            onehot = torch.nn.functional.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+            dice = 1 - (2 * (probs * onehot).sum((2, 3)) + 1) / (probs.sum((2, 3)) + onehot.sum((2, 3)) + 1)
+            return ce(logits.float(), target) + dice.mean()
+
+        return placeholder, "placeholder CE + soft Dice (bundle.losses.BoundaryDoULoss not available)"
+
+
+# ----------------------------------------------------------------------------------------------- forward
+def forward(
+    variant: str = "paper",
+    device: str = "auto",
+    threads: int = 2,
+    backends: str = "eager,onnx",
+    dtypes: str = "fp32,bf16",
+    batches: Optional[str] = None,
+    reps: int = 5,
+    warmup: int = 2,
+    train: bool = True,
+    train_batch: int = 2,
+    name: str = "",
+) -> None:
+    """Forward latency (batch 1) / throughput (larger batches) per backend and dtype, and the train step.
+
+    Args:
+        variant: MSA²Net variant.
+        device: "auto", "cpu" or "cuda".
+        threads: torch (and ORT) intra-op threads.
+        backends: comma list of ``bundle.perf`` backends; "onnx" is skipped on CUDA and for non-fp32.
+        dtypes: comma list of fp32/bf16/fp16; fp16 is skipped on CPU.
+        batches: comma list; default "1" on CPU and "1,8,32,128" on CUDA.
+        reps: timed repetitions (median reported).
+        warmup: untimed calls first.
+        train: also time forward + loss + backward + SGD step.
+        train_batch: batch of the train step.
+        name: record name (default ``forward_<device>_<variant>``).
+    """
+    device = _setup(threads, device)
+    batch_list = [int(b) for b in _split(batches or ("1,8,32,128" if device == "cuda" else "1"))]
+    rows, notes = [], []
+    for backend in _split(backends):
+        for dname in _split(dtypes):
+            if (backend == "onnx" and (dname != "fp32" or device != "cpu")) or (dname == "fp16" and device == "cpu"):
+                continue
+            net = _build(variant).to(device)
+            fast = optimize_for_inference(net, backend=backend, dtype=DTYPES[dname])
+            for b in batch_list:
+                x = torch.randn(b, 1, 224, 224, device=device)
+                try:
+                    t = _time(lambda: fast(x), device, warmup, reps)
+                except RuntimeError as err:  # e.g. CUDA out of memory at batch 128
+                    notes.append(f"{backend}/{dname}/batch {b}: {err}".splitlines()[0])
+                    continue
+                med = statistics.median(t)
+                row = {"what": "forward", "backend": backend, "dtype": dname, "batch": b, "median_s": med}
+                row.update(min_s=min(t), ms_per_slice=1000 * med / b, slices_per_s=b / med)
+                if device.startswith("cuda"):
+                    row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    torch.cuda.reset_peak_memory_stats()
+                rows.append(row)
+            del net, fast
+    if "bf16" in _split(dtypes) and device == "cpu" and not cpu_supports_bf16():
+        notes.append("This CPU has no AVX512-BF16/AMX: CPU bf16 is emulated, expected slower than fp32.")
+    if train:
+        loss_fn, loss_name = _loss_fn()
+        notes.append(f"train step loss: {loss_name}")
+        for dname in _split(dtypes):
+            if dname == "fp16" and device == "cpu":
+                continue
+            net = _build(variant).to(device).train()
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            x = torch.randn(train_batch, 1, 224, 224, device=device)
+            y = torch.randint(0, 9, (train_batch, 224, 224), device=device)
+            scaler = torch.amp.GradScaler(device, enabled=dname == "fp16")
+
+            def step() -> None:
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device, dtype=DTYPES[dname], enabled=dname != "fp32"):
+                    loss = loss_fn(net(x), y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            t = _time(step, device, 1, max(2, reps // 2))
+            med = statistics.median(t)
+            row = {"what": "train_step", "backend": "eager", "dtype": dname, "batch": train_batch, "median_s": med}
+            row.update(min_s=min(t), ms_per_slice=1000 * med / train_batch, slices_per_s=train_batch / med)
+            rows.append(row)
+            del net, opt
+    record = {"env": _environment(device, threads), "variant": variant, "rows": rows, "notes": notes}
+    _write(name or f"forward_{device}_{variant}", record, _command())
+
+
+# ----------------------------------------------------------------------------------------------- volume
+def _synthetic_ct(path: Path, shape=(512, 512, 200), seed: int = 0) -> None:
+    """A CT-sized int16 NIfTI: a body-like ellipse (soft tissue, organs, bone) in air, with noise."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    body = ((yy - 256) / 200.0) ** 2 + ((xx - 256) / 150.0) ** 2 < 1
+    organ = ((yy - 230) / 60.0) ** 2 + ((xx - 300) / 40.0) ** 2 < 1
+    vol = np.full(shape, -1000, np.int16)
+    for z in range(shape[2]):
+        sl = np.where(body, 40, -1000) + np.where(organ, 60 + z % 20, 0)
+        vol[:, :, z] = (sl + rng.normal(0, 15, shape[:2])).astype(np.int16)
+    affine = np.diag([0.7, 0.7, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine), str(path))
+
+
+def _minimal_volume_inference(fast, image_path: Path, out_path: Path, batch: int) -> int:
+    """Own minimal path (used while ``bundle.inference`` is absent): read, window, resize, infer, write.
+
+    Synapse preprocessing (HU clipped to [-125, 275], scaled to [0, 1]), axial slices resized bilinearly to
+    224², logits resized back bilinearly per chunk, argmax to uint8 per chunk (memory stays bounded).
+    """
+    import nibabel as nib
+    import torch.nn.functional as F
+
+    img = nib.load(str(image_path))
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    h, w, depth = vol.shape
+    mask = np.zeros((h, w, depth), np.uint8)
+    for z0 in range(0, depth, batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(vol[:, :, z0 : z0 + batch].transpose(2, 0, 1)))
+        chunk = (chunk.clamp(-125, 275) + 125) / 400
+        x = F.interpolate(chunk[:, None], size=(224, 224), mode="bilinear", align_corners=False)
+        logits = fast(x)
+        with torch.inference_mode():
+            labels = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)
+        mask[:, :, z0 : z0 + batch] = labels.to(torch.uint8).numpy().transpose(1, 2, 0)
+    nib.save(nib.Nifti1Image(mask, img.affine, img.header), str(out_path))
+    return depth
+
+
+def volume(
+    variant: str = "paper",
+    device: str = "auto",
+    threads: int = 2,
+    backend: str = "auto",
+    dtype: str = "fp32",
+    batch: int = 4,
+    slices: int = 200,
+    name: str = "",
+) -> None:
+    """Whole-volume inference of a synthetic 512×512×``slices`` CT NIfTI, read to written mask.
+
+    Run each configuration in its own process: peak RSS is the process maximum (``ru_maxrss``).
+    """
+    device = _setup(threads, device)
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_bench_"))
+    image, out = tmp / "ct.nii.gz", tmp / "mask.nii.gz"
+    _synthetic_ct(image, (512, 512, slices))
+    net = _build(variant).to(device)
+    t0 = time.perf_counter()
+    fast = optimize_for_inference(net, backend=backend, dtype=DTYPES[dtype])
+    fast(torch.randn(1, 1, 224, 224, device=device))  # builds/exports/compiles outside the timed part
+    setup_s = time.perf_counter() - t0
+    notes = ["path: own minimal path in scripts/benchmark.py (bundle.inference not used)"]
+    if importlib.util.find_spec("bundle.inference") is not None:
+        notes = ["bundle.inference exists but its API is not wired into this benchmark yet; own minimal path used"]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    depth = _minimal_volume_inference(lambda x: fast(x.to(device)).cpu(), image, out, batch)
+    wall = time.perf_counter() - t0
+    row = {"backend": backend, "dtype": dtype, "batch": batch, "slices": depth, "wall_s": wall}
+    row.update(slices_per_s=depth / wall, setup_s=setup_s, peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    if device == "cuda":
+        row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    record = {"env": _environment(device, threads), "variant": variant, "rows": [row], "notes": notes}
+    _write(name or f"volume_{device}_{variant}_{backend}_{dtype}_b{batch}", record, _command())
+    for p in (image, out):
+        p.unlink(missing_ok=True)
+    tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------- loader
+def loader(threads: int = 2, name: str = "loader") -> None:
+    """Slices/s of the training data pipeline (``bundle/transforms.py``), when it exists."""
+    _setup(threads, "cpu")
+    notes, rows = [], []
+    if importlib.util.find_spec("bundle.transforms") is None:
+        notes.append("bundle/transforms.py does not exist yet: nothing measured. Re-run when it lands.")
+    else:
+        notes.append("bundle/transforms.py exists but its API is not wired into this benchmark yet.")
+    record = {"env": _environment("cpu", threads), "rows": rows, "notes": notes}
+    _write(name, record, _command())
+
+
+# ----------------------------------------------------------------------------------------------- side by side
+def _official(repo: str, variant: str, harness: str, seed: int):
+    spec = importlib.util.spec_from_file_location("official_msa2net_harness", harness)
+    h = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h)
+    return h.build_model(repo, _OFFICIAL_NAME[variant], seed).eval()
+
+
+def side_by_side(
+    variant: str = "paper",
+    threads: int = 2,
+    batch: int = 1,
+    rounds: int = 10,
+    optimised: str = "onnx,eager",
+    official_repo: str = "",
+    harness: str = str(HARNESS),
+    seed: int = 0,
+    name: str = "",
+) -> None:
+    """Time implementations alternately in one process (order reversed every round); report ratios.
+
+    Baseline ``ours_eager_fp32``: ``net.eval()`` under ``torch.no_grad()``, contiguous NCHW, nothing else.
+    With ``official_repo`` the official network is built by the harness and its weights converted into ours,
+    so every implementation computes the same function (max |Δ| to the baseline is reported).
+    """
+    from bundle.networks.convert import convert_official_state_dict
+
+    device = _setup(threads, "cpu")
+    impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if official_repo:
+        official = _official(official_repo, variant, harness, seed)
+        state, _ = convert_official_state_dict(official.state_dict(), variant=variant)
+    else:
+        state = _build(variant, seed).state_dict()
+    base = _build(variant)
+    base.load_state_dict(state)
+
+    def baseline(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return base(x)
+
+    impls["ours_eager_fp32"] = baseline
+    for backend in _split(optimised):
+        net = _build(variant)
+        net.load_state_dict(state)
+        impls[f"ours_{backend}"] = optimize_for_inference(net, backend=backend)
+    if official_repo:
+
+        def official_fn(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return official(x)
+
+        impls["official"] = official_fn
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, 1, 224, 224, generator=gen)
+    ref = baseline(x)
+    diffs = {k: float((f(x) - ref).abs().max()) for k, f in impls.items()}
+    agree = {k: float((f(x).argmax(1) == ref.argmax(1)).float().mean()) for k, f in impls.items()}
+    times: Dict[str, List[float]] = {k: [] for k in impls}
+    order = list(impls)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            impls[k](x)
+            times[k].append((time.perf_counter() - start) / batch)
+    rows = []
+    for k in impls:
+        row = {"impl": k, "median_s_per_slice": statistics.median(times[k]), "min_s_per_slice": min(times[k])}
+        for other in ("ours_eager_fp32", "official"):
+            if other in times and other != k:
+                ratios = sorted(a / b for a, b in zip(times[k], times[other]))
+                row[f"ratio_vs_{other}_median"] = statistics.median(ratios)
+                row[f"ratio_vs_{other}_q25_q75"] = f"{ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}"
+        row.update(max_abs_diff_vs_baseline=diffs[k], argmax_agreement=agree[k])
+        rows.append(row)
+    notes = [
+        "Implementations alternate within each round (order reversed every other round); only ratios from one run"
+        " are comparable, absolute times depend on the shared machine's load.",
+        "Warm-up: the equality check runs each implementation once before timing (ONNX export happens at build).",
+    ]
+    record = {"env": _environment(device, threads), "variant": variant, "batch": batch, "rounds": rounds}
+    record.update(rows=rows, notes=notes)
+    _write(name or f"side_by_side_cpu_{variant}_b{batch}", record, _command())
+
+
+if __name__ == "__main__":
+    fire.Fire({"forward": forward, "volume": volume, "loader": loader, "side_by_side": side_by_side})
