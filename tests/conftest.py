@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny synthetic CT volumes (NIfTI, HU-like, 8-organ labels) and a decathlon datalist."""
+
+import json
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # the bundle root, as the zoo CI does for bundles with custom code
+
+
+def make_volume(path_img, path_lab, shape=(40, 36, 3), seed=0, affine=None):
+    """Writes a synthetic CT (HU) and its label map (two organs) on a non-trivial affine."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(-50, 60, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    h, w = shape[:2]
+    lab[h // 4 : h // 2, w // 4 : w // 2] = 5
+    lab[h // 2 : 3 * h // 4, w // 2 : 3 * w // 4, 1:] = 1
+    img[lab > 0] += 150
+    if affine is None:
+        affine = np.diag([0.8, 0.7, 3.0, 1.0])
+        affine[:3, 3] = [-10.0, 5.0, 20.0]
+    nib.save(nib.Nifti1Image(img, affine), path_img)
+    nib.save(nib.Nifti1Image(lab, affine), path_lab)
+    return path_img, path_lab
+
+
+@pytest.fixture(scope="session")
+def ct_dataset(tmp_path_factory):
+    """Folder with 2 tiny volumes and ``dataset.json`` (training: both; validation/test: the first)."""
+    root = tmp_path_factory.mktemp("ct")
+    os.makedirs(root / "images")
+    items = []
+    for i in range(2):
+        make_volume(str(root / "images" / f"vol{i}.nii.gz"), str(root / "images" / f"vol{i}_label.nii.gz"), seed=i)
+        items.append({"image": f"images/vol{i}.nii.gz", "label": f"images/vol{i}_label.nii.gz"})
+    with open(root / "dataset.json", "w") as f:
+        json.dump({"training": items, "validation": items[:1], "test": items[:1]}, f)
+    with open(root / "dataset_ddp.json", "w") as f:  # DistributedSampler needs ≥ 1 validation case per rank
+        json.dump({"training": items, "validation": items, "test": items}, f)
+    return root
