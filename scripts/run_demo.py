@@ -1,7 +1,7 @@
 """The README's first command: fetch the real-CT demo, train MSA²Net briefly through the bundle CLI, segment the
 held-out slices, print per-organ Dice and write an overlay PNG.
 
-Usage: python scripts/run_demo.py [--epochs 10] [--out runs/demo]
+Usage: python scripts/run_demo.py [--epochs 4] [--batch_size 2] [--slices_per_epoch 10] [--out runs/demo]
 Every step is an ordinary bundle command (printed before it runs); the demo's labels are TotalSegmentator model
 outputs, not manual annotations, and the held-out slices neighbour training slices (see bundle/data/demo.py).
 """
@@ -59,7 +59,8 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str) -
     plt.close(fig)
 
 
-def main(epochs: int = 10, out: str = "runs/demo", data: str = "demo_data", threads: int = 2) -> None:
+def main(epochs: int = 4, batch_size: int = 2, slices_per_epoch: int = 10, out: str = "runs/demo", data: str = "demo_data",
+         threads: int = 2) -> None:
     """Runs the demo end to end and writes ``<out>/demo_results.json`` and ``<out>/overlay.png``."""
     t0 = time.time()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -67,11 +68,12 @@ def main(epochs: int = 10, out: str = "runs/demo", data: str = "demo_data", thre
     if not os.path.exists(os.path.join(ROOT, datalist)):
         build_demo(os.path.join(ROOT, data))
     t_fetch = time.time() - t0
-    # short CPU schedule: Dice+CE (faster start than BDoU from scratch), lr 0.05 at batch 4, no augmentation,
+    # short CPU schedule: Dice+CE (faster start than BDoU from scratch), lr 0.05 at this batch, no augmentation,
     # one validation at the end (so the kept "best" model is simply the last one: no selection on held-out data)
     _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
           "--dataset_dir", data, "--output_dir", out, "--ckpt_path", f"{out}/model.pt", "--epochs", str(epochs),
-          "--batch_size", "4", "--slices_per_volume", "4", "--slices_per_epoch", "16", "--lr_reference_batch", "4",
+          "--batch_size", str(batch_size), "--slices_per_volume", str(batch_size), "--slices_per_epoch",
+          str(slices_per_epoch), "--lr_reference_batch", str(batch_size),
           "--loss_name", "dice_ce", "--augment", "False", "--val_interval", str(epochs), "--num_workers", "0",
           "--show_progress", "False"])
     t_train = time.time() - t0 - t_fetch
@@ -91,7 +93,8 @@ def main(epochs: int = 10, out: str = "runs/demo", data: str = "demo_data", thre
     mean = float(np.nanmean(list(scores.values())))
     print(f"  {'mean':13s} {mean:.3f}\nwall time: {total:.0f} s (fetch {t_fetch:.0f} s, train {t_train:.0f} s)")
     with open(os.path.join(ROOT, out, "demo_results.json"), "w") as f:
-        json.dump({"dice": scores, "mean_dice": mean, "epochs": epochs, "wall_s": total, "train_s": t_train}, f, indent=2)
+        json.dump({"dice": scores, "mean_dice": mean, "epochs": epochs, "batch_size": batch_size,
+                   "slices_per_epoch": slices_per_epoch, "wall_s": total, "train_s": t_train}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,23 @@ def test_list_volumes_datalist_and_list(ct_dataset):
     files = [str(ct_dataset / "images/vol0.nii.gz"), str(ct_dataset / "images/vol1.nii.gz")]
     assert [d["image"] for d in list_volumes(files)] == files
     assert output_path("/x/series_dir/", "/o") == "/o/series_dir_seg.nii.gz"
+
+
+def test_nrrd_through_itk_reader_keeps_grid(tmp_path):
+    sitk = __import__("pytest").importorskip("SimpleITK")
+    arr = np.zeros((3, 20, 24), np.int16)  # SimpleITK order (z, y, x)
+    arr[:, 5:12, 6:15] = 200
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 0.9, 2.5))
+    img.SetOrigin((10.0, -20.0, 30.0))
+    src = str(tmp_path / "vol.nrrd")
+    sitk.WriteImage(img, src)
+    data = ct_volume_transforms(keys=["image"])({"image": src})
+    pred = AxialSliceInferer(sw_batch_size=2)(data["image"][None], _Threshold())[0]
+    SaveLabelNiftid(output_dir=str(tmp_path / "out"))({"pred": pred})
+    written = nib.load(output_path(src, str(tmp_path / "out")))
+    assert written.shape == (24, 20, 3)  # (x, y, z), axial last
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    assert np.allclose(written.affine[:3, :3], lps_to_ras @ np.diag([0.8, 0.9, 2.5]))
+    assert np.allclose(written.affine[:3, 3], lps_to_ras @ np.array([10.0, -20.0, 30.0]))
+    assert (np.asarray(written.dataobj)[6:15, 5:12] == 5).all()
