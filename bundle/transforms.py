@@ -99,8 +99,12 @@ def augmentation(size: int = 224, keys: Sequence[str] = ("image", "label")) -> S
         RandAffined(rotate_range=(math.radians(40.0),), **affine),
         RandAffined(shear_range=(math.tan(math.radians(16.0)), 0.0), **affine),
         Rand2DElasticd(
-            keys=both, prob=1.0, spacing=(size / 4, size / 4), magnitude_range=(0.008 * size, 0.03 * size),
-            mode=modes, padding_mode="zeros",
+            keys=both,
+            prob=1.0,
+            spacing=(size / 4, size / 4),
+            magnitude_range=(0.008 * size, 0.03 * size),
+            mode=modes,
+            padding_mode="zeros",
         ),
         RandAffined(translate_range=(0.2 * size, 0.2 * size), **affine),
     ]

@@ -59,8 +59,14 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str) -
     plt.close(fig)
 
 
-def main(epochs: int = 4, batch_size: int = 2, slices_per_epoch: int = 10, out: str = "runs/demo", data: str = "demo_data",
-         threads: int = 2) -> None:
+def main(
+    epochs: int = 4,
+    batch_size: int = 2,
+    slices_per_epoch: int = 10,
+    out: str = "runs/demo",
+    data: str = "demo_data",
+    threads: int = 2,
+) -> None:
     """Runs the demo end to end and writes ``<out>/demo_results.json`` and ``<out>/overlay.png``."""
     t0 = time.time()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -70,17 +76,68 @@ def main(epochs: int = 4, batch_size: int = 2, slices_per_epoch: int = 10, out: 
     t_fetch = time.time() - t0
     # short CPU schedule: Dice+CE (faster start than BDoU from scratch), lr 0.05 at this batch, no augmentation,
     # one validation at the end (so the kept "best" model is simply the last one: no selection on held-out data)
-    _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
-          "--dataset_dir", data, "--output_dir", out, "--ckpt_path", f"{out}/model.pt", "--epochs", str(epochs),
-          "--batch_size", str(batch_size), "--slices_per_volume", str(batch_size), "--slices_per_epoch",
-          str(slices_per_epoch), "--lr_reference_batch", str(batch_size),
-          "--loss_name", "dice_ce", "--augment", "False", "--val_interval", str(epochs), "--num_workers", "0",
-          "--show_progress", "False"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            "configs/train.yaml",
+            "--dataset_dir",
+            data,
+            "--output_dir",
+            out,
+            "--ckpt_path",
+            f"{out}/model.pt",
+            "--epochs",
+            str(epochs),
+            "--batch_size",
+            str(batch_size),
+            "--slices_per_volume",
+            str(batch_size),
+            "--slices_per_epoch",
+            str(slices_per_epoch),
+            "--lr_reference_batch",
+            str(batch_size),
+            "--loss_name",
+            "dice_ce",
+            "--augment",
+            "False",
+            "--val_interval",
+            str(epochs),
+            "--num_workers",
+            "0",
+            "--show_progress",
+            "False",
+        ]
+    )
     t_train = time.time() - t0 - t_fetch
     test_img = os.path.join(data, "imagesTs", "demo_test.nii.gz")
-    _run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
-          "--input", test_img, "--output_dir", f"{out}/pred", "--ckpt_path", f"{out}/model.pt", "--num_workers", "0",
-          "--overwrite", "True", "--show_progress", "False"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inference",
+            "--config_file",
+            "configs/inference.yaml",
+            "--input",
+            test_img,
+            "--output_dir",
+            f"{out}/pred",
+            "--ckpt_path",
+            f"{out}/model.pt",
+            "--num_workers",
+            "0",
+            "--overwrite",
+            "True",
+            "--show_progress",
+            "False",
+        ]
+    )
     image = np.asarray(nib.load(os.path.join(ROOT, test_img)).dataobj, dtype=np.float32)
     truth = np.asarray(nib.load(os.path.join(ROOT, data, "labelsTs", "demo_test.nii.gz")).dataobj)
     pred = np.asarray(nib.load(os.path.join(ROOT, out, "pred", "demo_test_seg.nii.gz")).dataobj)
@@ -93,8 +150,19 @@ def main(epochs: int = 4, batch_size: int = 2, slices_per_epoch: int = 10, out: 
     mean = float(np.nanmean(list(scores.values())))
     print(f"  {'mean':13s} {mean:.3f}\nwall time: {total:.0f} s (fetch {t_fetch:.0f} s, train {t_train:.0f} s)")
     with open(os.path.join(ROOT, out, "demo_results.json"), "w") as f:
-        json.dump({"dice": scores, "mean_dice": mean, "epochs": epochs, "batch_size": batch_size,
-                   "slices_per_epoch": slices_per_epoch, "wall_s": total, "train_s": t_train}, f, indent=2)
+        json.dump(
+            {
+                "dice": scores,
+                "mean_dice": mean,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "slices_per_epoch": slices_per_epoch,
+                "wall_s": total,
+                "train_s": t_train,
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,18 @@ def _workflow(files, workflow_type, **override):
 )
 def test_config_properties(files, workflow_type, run_id, ct_dataset, tmp_path, monkeypatch):
     if "multi_gpu_train.yaml" in files:  # a 1-process gloo group, as torchrun would set it up
-        for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                               MASTER_PORT="29533").items():
+        for key, value in dict(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533"
+        ).items():
             monkeypatch.setenv(key, value)
-    wf = _workflow(files, workflow_type, bundle_root=ROOT, dataset_dir=str(ct_dataset),
-                   datalist=str(ct_dataset / "dataset.json"), output_dir=str(tmp_path))
+    wf = _workflow(
+        files,
+        workflow_type,
+        bundle_root=ROOT,
+        dataset_dir=str(ct_dataset),
+        datalist=str(ct_dataset / "dataset.json"),
+        output_dir=str(tmp_path),
+    )
     wf.initialize()
     assert wf.check_properties() in ([], None)
     assert run_id in wf.parser.config
@@ -47,8 +54,19 @@ def test_config_properties(files, workflow_type, run_id, ct_dataset, tmp_path, m
 def test_train_ids_and_recipe_defaults():
     wf = _workflow(["train.yaml"], "train")
     cfg = wf.parser
-    for key in ("datalist", "epochs", "batch_size", "num_workers", "network_def", "network", "initialize", "run",
-                "finalize", "train#trainer", "validate#evaluator"):
+    for key in (
+        "datalist",
+        "epochs",
+        "batch_size",
+        "num_workers",
+        "network_def",
+        "network",
+        "initialize",
+        "run",
+        "finalize",
+        "train#trainer",
+        "validate#evaluator",
+    ):
         assert key in cfg, key
     assert cfg["epochs"] == 700 and cfg["batch_size"] == 20 and cfg["loss_name"] == "bdou"
     assert cfg["learning_rate"] == 0.05 and cfg["momentum"] == 0.9 and cfg["weight_decay"] == 1.0e-4

@@ -43,8 +43,19 @@ def _fake_btcv(root, cases):
 def test_prepare_btcv_cli(tmp_path):
     src, dst = tmp_path / "raw", tmp_path / "synapse"
     _fake_btcv(src, [1, 5, 22])
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts/prepare_synapse.py"), "btcv", "--src", str(src),
-                    "--dst", str(dst)], check=True, cwd=str(tmp_path))
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts/prepare_synapse.py"),
+            "btcv",
+            "--src",
+            str(src),
+            "--dst",
+            str(dst),
+        ],
+        check=True,
+        cwd=str(tmp_path),
+    )
     datalist = json.load(open(dst / "dataset.json"))
     assert [d["image"] for d in datalist["test"]] == ["imagesTr/case0001.nii.gz", "imagesTr/case0022.nii.gz"]
     assert [d["image"] for d in datalist["training"]] == ["imagesTr/case0005.nii.gz"]
@@ -69,7 +80,9 @@ def test_import_transunet(tmp_path):
     rng = np.random.default_rng(0)
     for z in (0, 2, 1):  # written out of order: slices are restacked by index
         lab = np.full((16, 12), z, np.uint8)
-        np.savez(src / "train_npz" / f"case0005_slice{z:03d}.npz", image=rng.random((16, 12), dtype=np.float32), label=lab)
+        np.savez(
+            src / "train_npz" / f"case0005_slice{z:03d}.npz", image=rng.random((16, 12), dtype=np.float32), label=lab
+        )
     with h5py.File(src / "test_vol_h5" / "case0001.npy.h5", "w") as f:
         f["image"] = np.linspace(0, 1, 3 * 16 * 12, dtype=np.float32).reshape(3, 16, 12)
         f["label"] = np.arange(3, dtype=np.uint8)[:, None, None].repeat(16, 1).repeat(12, 2)

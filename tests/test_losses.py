@@ -10,7 +10,9 @@ from bundle.losses import BoundaryDoULoss, bdou_class_terms, make_loss
 def _direct_term(p, t):
     """Official BoundaryDoULoss._adaptive_size, in numpy, for one class over the whole batch."""
     padded = np.pad(t, ((0, 0), (1, 1), (1, 1)))
-    cross = padded[:, 1:-1, 1:-1] + padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    cross = (
+        padded[:, 1:-1, 1:-1] + padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    )
     y = cross * t
     y[y == 5] = 0
     c, s, eps = np.count_nonzero(y), np.count_nonzero(t), 1e-5

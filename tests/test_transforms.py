@@ -8,8 +8,9 @@ from bundle.transforms import augmentation, ct_volume_transforms, slice_transfor
 
 
 def test_volume_stage_windows_hu(ct_dataset):
-    out = ct_volume_transforms()({"image": str(ct_dataset / "images/vol0.nii.gz"),
-                                  "label": str(ct_dataset / "images/vol0_label.nii.gz")})
+    out = ct_volume_transforms()(
+        {"image": str(ct_dataset / "images/vol0.nii.gz"), "label": str(ct_dataset / "images/vol0_label.nii.gz")}
+    )
     assert out["image"].shape == (1, 40, 36, 3) and out["label"].shape == (1, 40, 36, 3)
     assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0
     raw = np.asarray(__import__("nibabel").load(str(ct_dataset / "images/vol0.nii.gz")).dataobj)

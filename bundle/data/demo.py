@@ -125,4 +125,3 @@ def build_demo(dest: str = "demo_data", sdist: Optional[str] = None, holdout_eve
         split=f"every {holdout_every}th organ-bearing axial slice held out: {len(held)} test, {len(train)} train",
         dicom_series=os.path.relpath(dicom, dest) if os.path.isdir(dicom) else None,
     )
-

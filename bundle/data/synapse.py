@@ -61,7 +61,9 @@ def split_cases(case_ids: Iterable[int], test_cases: Sequence[int] = TRANSUNET_T
     return {"training": [c for c in ids if c not in test_cases], "test": [c for c in ids if c in test_cases]}
 
 
-def prepare_btcv(src: str, dst: str, test_cases: Optional[Sequence[int]] = None, validation_from_test: bool = True) -> str:
+def prepare_btcv(
+    src: str, dst: str, test_cases: Optional[Sequence[int]] = None, validation_from_test: bool = True
+) -> str:
     """Converts raw BTCV to the Synapse 8-organ layout and writes ``<dst>/dataset.json``.
 
     Args:
@@ -91,7 +93,9 @@ def prepare_btcv(src: str, dst: str, test_cases: Optional[Sequence[int]] = None,
         nib.save(img, os.path.join(dst, "imagesTr", name))
         lab = nib.load(labels[case])
         if lab.shape != img.shape:
-            raise ValueError(f"bundle/data/synapse.py: label shape {lab.shape} != image shape {img.shape} ({labels[case]}).")
+            raise ValueError(
+                f"bundle/data/synapse.py: label shape {lab.shape} != image shape {img.shape} ({labels[case]})."
+            )
         out = nib.Nifti1Image(remap_labels(np.asarray(lab.dataobj), BTCV_TO_SYNAPSE), img.affine, header=img.header)
         out.set_data_dtype(np.uint8)
         out.header.set_slope_inter(1.0, 0.0)
