@@ -44,6 +44,12 @@ def net_and_ref():
     return net, x, ref
 
 
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    # One export per module: later sessions with the same weights hit the cache.
+    return tmp_path_factory.mktemp("onnx_cache")
+
+
 def _fresh_copy(net: MSA2Net) -> MSA2Net:
     copy = MSA2Net(in_channels=1, out_channels=9, variant=net.variant).eval()
     copy.load_state_dict(net.state_dict())
@@ -58,9 +64,9 @@ def test_eager_channels_last_fp32(net_and_ref):
 
 
 @pytest.mark.skipif(not _has_ort(), reason="onnxruntime not installed")
-def test_onnx_fp32_and_batch_is_dynamic(net_and_ref, tmp_path):
+def test_onnx_fp32_and_batch_is_dynamic(net_and_ref, onnx_cache):
     net, x, ref = net_and_ref
-    fast = optimize_for_inference(_fresh_copy(net), backend="onnx", cache_dir=tmp_path)
+    fast = optimize_for_inference(_fresh_copy(net), backend="onnx", cache_dir=onnx_cache)
     assert type(fast).__name__ == "OnnxInference"
     assert (fast(x) - ref).abs().max() <= FP32_ATOL
     # Exported with batch 2; batch 3 must run through the same file (dynamic batch axis).
@@ -69,14 +75,14 @@ def test_onnx_fp32_and_batch_is_dynamic(net_and_ref, tmp_path):
         ref3 = net(x3)
     assert (fast(x3) - ref3).abs().max() <= FP32_ATOL
     # Same weights: the cached export is reused, not written again.
-    again = optimize_for_inference(_fresh_copy(net), backend="onnx", cache_dir=tmp_path)
-    assert again.onnx_path == fast.onnx_path and len(list(tmp_path.glob("*.onnx"))) == 1
+    again = optimize_for_inference(_fresh_copy(net), backend="onnx", cache_dir=onnx_cache)
+    assert again.onnx_path == fast.onnx_path and len(list(onnx_cache.glob("*.onnx"))) == 1
 
 
 @pytest.mark.skipif(not _has_ort(), reason="onnxruntime not installed")
-def test_auto_is_onnx_on_cpu_fp32(net_and_ref, tmp_path):
+def test_auto_is_onnx_on_cpu_fp32(net_and_ref, onnx_cache):
     net, _, _ = net_and_ref
-    assert type(optimize_for_inference(_fresh_copy(net), cache_dir=tmp_path)).__name__ == "OnnxInference"
+    assert type(optimize_for_inference(_fresh_copy(net), cache_dir=onnx_cache)).__name__ == "OnnxInference"
 
 
 def _check_low_precision(out: torch.Tensor, ref: torch.Tensor) -> None:
