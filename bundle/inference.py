@@ -160,7 +160,7 @@ def list_volumes(
     Args:
         input: a volume file, a folder (volume files, or DICOM series sub-folders, or itself one DICOM series),
             or a list of such paths.
-        datalist: decathlon JSON (used when given; ``input`` is then ignored).
+        datalist: decathlon JSON, used when ``input`` is not given.
         data_list_key: section of the datalist (``test``, ``validation`` …).
         base_dir: base for relative datalist paths (default: the datalist's folder).
         output_dir: where outputs go; existing outputs are skipped unless ``overwrite``.
@@ -171,7 +171,7 @@ def list_volumes(
         A list of dicts for a MONAI Dataset.
     """
     paths: List[str] = []
-    if datalist:
+    if not input and datalist:
         with open(datalist) as f:
             items = json.load(f).get(data_list_key)
         if items is None:
@@ -185,8 +185,11 @@ def list_volumes(
             if os.path.isdir(entry):
                 files = sorted(glob.glob(os.path.join(entry, "*")))
                 volumes = [p for p in files if os.path.isfile(p) and _is_volume(p)]
-                series = [p for p in files if os.path.isdir(p)]
-                paths += volumes + series if (volumes or series) else [entry]  # a bare DICOM series folder
+                # a sub-folder is a DICOM series unless it holds volume files (e.g. imagesTr/)
+                subdirs = [p for p in files if os.path.isdir(p)]
+                series = [p for p in subdirs if not any(_is_volume(f) for f in os.listdir(p))]
+                bare_series = not volumes and not subdirs and files  # the folder itself is one DICOM series
+                paths += [entry] if bare_series else volumes + series
             elif os.path.exists(entry):
                 paths.append(entry)
             else:

@@ -85,3 +85,14 @@ def test_nrrd_through_itk_reader_keeps_grid(tmp_path):
     assert np.allclose(written.affine[:3, :3], lps_to_ras @ np.diag([0.8, 0.9, 2.5]))
     assert np.allclose(written.affine[:3, 3], lps_to_ras @ np.array([10.0, -20.0, 30.0]))
     assert (np.asarray(written.dataobj)[6:15, 5:12] == 5).all()
+
+
+def test_list_volumes_input_wins_and_subfolders(ct_dataset, tmp_path):
+    src = str(ct_dataset / "images/vol0.nii.gz")
+    assert list_volumes(src, datalist=str(ct_dataset / "dataset.json")) == [{"image": src}]
+    # a folder holding volume sub-folders (imagesTr/) is not mistaken for DICOM series
+    assert list_volumes(str(ct_dataset)) == []
+    series = tmp_path / "series1"
+    series.mkdir()
+    (series / "IM0001").write_bytes(b"")
+    assert list_volumes(str(tmp_path)) == [{"image": str(series)}]
