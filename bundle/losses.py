@@ -125,3 +125,92 @@ def make_loss(name: str = "bdou", sigmoid: bool = False, lambda_dice: float = 1.
     if name == "ce":
         return DiceCELoss(lambda_dice=0.0, lambda_ce=1.0, **onehot)
     raise ValueError(f"bundle/losses.py: loss name must be one of bdou, dice_ce, dice, ce; got {name!r}.")
+
+
+# --- SA2-Net microscopy recipe (MoNuSeg / GlaS): deep-supervision Dice + BCE --------------------------------------
+
+_SA2_SMOOTH = 1e-5
+
+
+def sa2_dice_bce_terms(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and BCE terms of one head, as the official SA2-Net ``WeightedDiceBCE`` (``sa2net_official.md`` §4.1).
+
+    With ``p = sigmoid(logits)``, ``t`` the {0, 1} mask and the official weights ``w = 0.5`` everywhere::
+
+        dice = mean over images of 1 − (2·Σ(w·p)(w·t) + 1e-5) / (Σ(w·p)² + Σ(w·t)² + 1e-5)
+        bce  = 0.5·mean(BCE over foreground pixels) + 0.5·mean(BCE over background pixels)   (whole batch)
+
+    The squared-denominator soft Dice is per image; the class-balanced BCE pools the whole batch (a class with
+    no pixel contributes 0). BCE is computed from the logits (stable): the official code applies
+    ``binary_cross_entropy`` to sigmoid probabilities, which clamps ``log`` at −100 for saturated pixels.
+
+    Args:
+        logits: (B, 1, H, W) raw logits of one head.
+        target: (B, 1, H, W) or (B, H, W) mask; values > 0.5 are foreground.
+
+    Returns:
+        ``(dice, bce)`` scalars.
+    """
+    if target.ndim == logits.ndim - 1:
+        target = target.unsqueeze(1)
+    if logits.shape != target.shape or logits.shape[1] != 1:
+        raise ValueError(
+            f"bundle/losses.py: the SA2-Net Dice+BCE loss needs one logit channel and a mask of the same shape "
+            f"(B, 1, H, W); got {tuple(logits.shape)} and {tuple(target.shape)}. Use out_channels=1."
+        )
+    logits = logits.float()  # batch sums overflow in fp16 under AMP
+    t = (target.to(logits.device) > 0.5).float()
+    b = logits.shape[0]
+    wp, wt = 0.5 * torch.sigmoid(logits).reshape(b, -1), 0.5 * t.reshape(b, -1)
+    inter = (wp * wt).sum(-1)
+    union = (wp * wp).sum(-1) + (wt * wt).sum(-1)
+    dice = (1.0 - (2.0 * inter + _SA2_SMOOTH) / (union + _SA2_SMOOTH)).mean()
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    pos, neg = t, 1.0 - t
+    bce = (0.5 * pos * bce).sum() / (pos.sum() + 1e-12) + (0.5 * neg * bce).sum() / (neg.sum() + 1e-12)
+    return dice, bce
+
+
+class DeepSupervisionDiceBCELoss(nn.Module):
+    """SA2-Net training loss: ``dice_weight·Dice + bce_weight·BCE`` per head, heads summed (official: 0.5, 0.5, 1).
+
+    SA2-Net in training mode with ``deep_supervision=True`` returns four full-resolution logit maps (main head
+    first); the official ``train_one_epoch`` adds the four ``WeightedDiceBCE`` losses with weight 1 each. A single
+    tensor (e.g. MSA²Net, or SA2-Net in eval mode) is one head.
+
+    Args:
+        dice_weight: weight of the Dice term (official 0.5).
+        bce_weight: weight of the class-balanced BCE term (official 0.5).
+        head_weights: one weight per head (default 1 for every head, as the official code).
+    """
+
+    def __init__(self, dice_weight: float = 0.5, bce_weight: float = 0.5, head_weights=None) -> None:
+        super().__init__()
+        self.dice_weight, self.bce_weight = float(dice_weight), float(bce_weight)
+        self.head_weights = None if head_weights is None else [float(w) for w in head_weights]
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        """Sum over heads of the weighted Dice + BCE.
+
+        Args:
+            outputs: (B, 1, H, W) logits, or a list/tuple of them (deep-supervision heads).
+            target: (B, 1, H, W) or (B, H, W) binary mask.
+
+        Returns:
+            Scalar loss.
+        """
+        heads = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        weights = self.head_weights if self.head_weights is not None else [1.0] * len(heads)
+        if len(weights) != len(heads):
+            raise ValueError(
+                f"bundle/losses.py: {len(weights)} head_weights for {len(heads)} network outputs; give one weight "
+                f"per deep-supervision head (or leave head_weights unset for 1 each)."
+            )
+        total = heads[0].new_zeros((), dtype=torch.float32)
+        for w, head in zip(weights, heads):
+            dice, bce = sa2_dice_bce_terms(head, target)
+            total = total + w * (self.dice_weight * dice + self.bce_weight * bce)
+        return total
+
+
+__all__ += ["sa2_dice_bce_terms", "DeepSupervisionDiceBCELoss"]
