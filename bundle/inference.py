@@ -1,14 +1,22 @@
 """Volume inference: every axial slice through a 2D network in batches, back to the original grid, saved safely.
 
-``AxialSliceInferer`` follows the TransUNet protocol (``msa2net_official.md`` §6.4): each slice is resized to
-224² (bicubic), normalised to [-1, 1] by the network wrapper, its logits are resized back to the original
-in-plane size (bilinear) and reduced by argmax **per chunk** of ``sw_batch_size`` slices into a uint8 volume, so
-a 512×512×300 volume never holds full-volume float logits (9·512²·300·4 B = 2.8 GB). No spatial transform touches
-the volume itself, so the label map is on exactly the input grid (shape and affine), with nothing to invert.
+``AxialSliceInferer`` sends each chunk of ``sw_batch_size`` axial slices to 224², normalises it to [-1, 1], runs
+the network(s) and reduces the scores by argmax **per chunk** into a uint8 volume, so a 512×512×300 volume never
+holds full-volume float logits (9·512²·300·4 B = 2.8 GB). Two resampling modes:
+
+* ``resample="protocol"`` -- TransUNet's ``test_single_volume`` (``msa2net_official.md`` §6.4) exactly:
+  ``scipy.ndimage.zoom(slice, 224/size, order=3)`` in, argmax at 224², ``zoom(labels, size/224, order=0)`` back.
+* ``resample="smooth"`` (the inferer's default) -- torch bicubic in, scores bilinear back to the slice size, argmax
+  there (smoother organ borders than a nearest-neighbour zoom of a 224² label map).
+
+Optional flip test-time augmentation (``tta``) and checkpoint ensembles (``networks``, see
+:func:`load_checkpoints`) average **softmax probabilities** per chunk. No spatial transform touches the volume
+itself, so the label map is on exactly the input grid (shape and affine), with nothing to invert.
 """
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -21,14 +29,18 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
+from scipy.ndimage import zoom
 
-__all__ = ["AxialSliceInferer", "SaveLabelNiftid", "list_volumes", "output_path"]
+__all__ = ["AxialSliceInferer", "SaveLabelNiftid", "TTA_FLIPS", "list_volumes", "load_checkpoints", "output_path"]
 
+# flip TTA: identity, left-right, up-down, both (the training augmentation flips each axis with p = 0.5)
+TTA_FLIPS = ((), (-1,), (-2,), (-2, -1))
+_RESAMPLE_MODES = ("smooth", "protocol")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class AxialSliceInferer(Inferer):
-    """Runs a 2D network on every axial slice of (B, C, H, W, D) volumes and returns (B, 1, H, W, D) labels.
+    """Runs 2D network(s) on every axial slice of (B, C, H, W, D) volumes and returns (B, 1, H, W, D) labels.
 
     Args:
         roi_size: network input size (224 for MSA²Net).
@@ -36,6 +48,14 @@ class AxialSliceInferer(Inferer):
         normalise: map [0, 1] input to [-1, 1] as the training pipeline does.
         sw_device: device for the network (default: the input's).
         progress: show a tqdm bar over chunks.
+        resample: ``"smooth"`` (torch bicubic in, scores bilinear out, argmax at the slice size) or
+            ``"protocol"`` (TransUNet: scipy zoom order 3 in, argmax at ``roi_size``, zoom order 0 out).
+        tta: average the softmax over the 4 flips of :data:`TTA_FLIPS` (each output flipped back).
+        networks: checkpoint ensemble (e.g. from :func:`load_checkpoints`) used **instead of** the network the
+            engine passes; their softmax probabilities are averaged. ``None`` or empty: the engine's network.
+
+    With one network and no TTA the argmax is taken on the raw logits (bit-identical to earlier releases);
+    otherwise on ``log(mean softmax)``, whose argmax is that of the averaged probabilities.
     """
 
     def __init__(
@@ -45,15 +65,75 @@ class AxialSliceInferer(Inferer):
         normalise: bool = True,
         sw_device: Union[str, torch.device, None] = None,
         progress: bool = False,
+        resample: str = "smooth",
+        tta: bool = False,
+        networks: Optional[Sequence[Callable[..., torch.Tensor]]] = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
             raise ValueError(f"bundle/inference.py: sw_batch_size must be ≥ 1, got {sw_batch_size}.")
+        if resample not in _RESAMPLE_MODES:
+            raise ValueError(
+                f"bundle/inference.py: resample must be one of {_RESAMPLE_MODES}, got {resample!r}; set "
+                "`resample` in configs/inference.yaml or configs/evaluate.yaml (or --resample on the command line)."
+            )
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_batch_size = int(sw_batch_size)
         self.normalise = normalise
         self.sw_device = sw_device
         self.progress = progress
+        self.resample = resample
+        self.tta = bool(tta)
+        self.networks = list(networks or [])
+
+    def scores(self, x: torch.Tensor, networks: Sequence[Callable[..., torch.Tensor]], *args: Any, **kwargs: Any):
+        """Per-class scores (N, K, h, w) of network-ready slices ``x`` (N, C, h, w), argmax-equivalent to the average.
+
+        One network without TTA: its raw float logits. Otherwise ``log`` of the softmax averaged over
+        ``networks`` × flips (accumulated one forward at a time, so memory is one chunk's probabilities).
+        """
+        flips = TTA_FLIPS if self.tta else ((),)
+        if len(networks) == 1 and len(flips) == 1:
+            return networks[0](x, *args, **kwargs).float()
+        return torch.log(self.probabilities(x, networks, *args, **kwargs).clamp_min(1e-12))
+
+    def probabilities(self, x: torch.Tensor, networks: Sequence[Callable[..., torch.Tensor]], *args, **kwargs):
+        """Softmax (N, K, h, w) averaged over ``networks`` and, with ``tta``, over :data:`TTA_FLIPS`."""
+        flips = TTA_FLIPS if self.tta else ((),)
+        total = None
+        for net in networks:
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                p = torch.softmax(net(xi, *args, **kwargs).float(), dim=1)
+                p = torch.flip(p, dims) if dims else p
+                total = p if total is None else total.add_(p)
+        return total / (len(networks) * len(flips))
+
+    def _to_roi(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked)."""
+        h, w = x.shape[-2:]
+        if self.resample == "protocol":
+            if (h, w) != self.roi_size:  # official: zoom(slice, (224 / x, 224 / y), order=3), skipped at 224²
+                factors = (self.roi_size[0] / h, self.roi_size[1] / w)
+                arr = x.detach().cpu().numpy()
+                x = torch.from_numpy(
+                    np.stack([np.stack([zoom(ch, factors, order=3) for ch in sl]) for sl in arr]).astype(np.float32)
+                )
+            x = x.to(device)
+        else:
+            x = F.interpolate(x.to(device), size=self.roi_size, mode="bicubic", align_corners=False)
+        return (x - 0.5) / 0.5 if self.normalise else x
+
+    def _to_labels(self, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(N, K, h', w') scores at ``roi_size`` → (N, H, W) uint8 labels on the slice grid."""
+        if self.resample == "protocol":
+            labels = scores.argmax(1).to(torch.uint8).cpu()
+            if (h, w) != self.roi_size:  # official: zoom(out, (x / 224, y / 224), order=0)
+                factors = (h / self.roi_size[0], w / self.roi_size[1])
+                labels = torch.from_numpy(np.stack([zoom(sl, factors, order=0) for sl in labels.numpy()]))
+            return labels
+        scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+        return scores.argmax(1).to(torch.uint8).cpu()
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         """Segments ``inputs`` (B, C, H, W, D) slice by slice; returns uint8 labels (B, 1, H, W, D)."""
@@ -61,24 +141,60 @@ class AxialSliceInferer(Inferer):
             raise ValueError(f"bundle/inference.py: expected (B, C, H, W, D) volumes, got {tuple(inputs.shape)}.")
         b, c, h, w, d = inputs.shape
         device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
+        networks = self.networks or [network]
         out = torch.zeros((b, 1, h, w, d), dtype=torch.uint8)
         chunks = range(0, d, self.sw_batch_size)
         if self.progress:
             from tqdm import tqdm
 
             chunks = tqdm(chunks, desc="slices", unit="chunk")
-        for z0 in chunks:
-            z1 = min(z0 + self.sw_batch_size, d)
-            x = torch.as_tensor(inputs[..., z0:z1]).permute(0, 4, 1, 2, 3).reshape(-1, c, h, w).float().to(device)
-            x = F.interpolate(x, size=self.roi_size, mode="bicubic", align_corners=False)
-            if self.normalise:
-                x = (x - 0.5) / 0.5
-            logits = network(x, *args, **kwargs).float()
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            labels = logits.argmax(1).to(torch.uint8).cpu()  # (B·n, H, W); logits freed per chunk
-            out[:, 0, :, :, z0:z1] = labels.reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
+        with torch.no_grad():
+            for z0 in chunks:
+                z1 = min(z0 + self.sw_batch_size, d)
+                x = torch.as_tensor(inputs[..., z0:z1]).permute(0, 4, 1, 2, 3).reshape(-1, c, h, w).float()
+                scores = self.scores(self._to_roi(x, device), networks, *args, **kwargs)
+                labels = self._to_labels(scores, h, w)  # (B·n, H, W); scores freed per chunk
+                out[:, 0, :, :, z0:z1] = labels.reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
         result, *_ = convert_to_dst_type(out, inputs, dtype=torch.uint8)  # keeps the input's meta/affine
         return result
+
+
+def load_checkpoints(
+    network: torch.nn.Module, ckpt_paths: Optional[Sequence[str]], map_location: Union[str, torch.device, None] = None
+) -> List[torch.nn.Module]:
+    """One eval-mode copy of ``network`` per checkpoint (folds/seeds), for :class:`AxialSliceInferer` ``networks``.
+
+    Accepts what this bundle writes: the best-model file (a bare ``state_dict``) and full training checkpoints
+    (``{"model": state_dict, "optimizer": ...}``). Each copy holds all weights (MSA²Net: ~0.26 GB in fp32).
+
+    Args:
+        network: the instantiated network (architecture and device are copied from it; its weights are unchanged).
+        ckpt_paths: checkpoint files; ``None`` or empty returns ``[]`` (the engine's own network is used).
+        map_location: ``torch.load`` map location (the config's ``@device``).
+
+    Returns:
+        The loaded copies, in ``ckpt_paths`` order.
+    """
+    if isinstance(ckpt_paths, str):
+        ckpt_paths = [ckpt_paths]
+    members = []
+    for path in ckpt_paths or []:
+        if not os.path.isfile(str(path)):
+            raise ValueError(
+                f"bundle/inference.py: checkpoint {path} in ckpt_paths does not exist; list existing files, e.g. "
+                "--ckpt_paths \"['runs/fold0/model.pt','runs/fold1/model.pt']\", or leave ckpt_paths empty to "
+                "use ckpt_path."
+            )
+        state = torch.load(str(path), map_location=map_location, weights_only=True)
+        if isinstance(state.get("model"), dict):  # a training checkpoint (CheckpointSaver with several objects)
+            state = state["model"]
+        member = copy.deepcopy(network)
+        member.load_state_dict(state)
+        member.eval()
+        for p in member.parameters():
+            p.requires_grad_(False)
+        members.append(member)
+    return members
 
 
 def output_path(image_path: str, output_dir: str, postfix: str = "seg") -> str:

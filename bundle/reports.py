@@ -99,43 +99,15 @@ def _fmt(x, scale=1.0, nd=2) -> str:
 # ----------------------------------------------------------------------------------------------- tables
 
 
-def write_tables(records: list[dict], output_dir, class_names, labels, nsd_tolerance_mm: float, paper=None) -> dict:
-    """Write ``metrics_long.csv``, ``summary.json`` and ``table1.md`` for a list of scored cases.
+def _summaries(records: list[dict], key: str | None, names: dict, nsd_tolerance_mm: float) -> dict:
+    """Protocol and clinical summary blocks for the raw predictions (``key=None``) or one post-processed set."""
 
-    Args:
-        records: ``[{"case": name, "spacing": [...], "spacing_source": str, "metrics": evaluate_case(...)}]``.
-        output_dir: folder for the three files.
-        class_names: organ names, one per label.
-        labels: organ label ids.
-        nsd_tolerance_mm: the NSD tolerance used (recorded in the summary).
-        paper: a row like :data:`PAPER_MSA2NET_SYNAPSE` printed beside ours, or ``None``.
+    def metrics(r):
+        return r["metrics"] if key is None else r["postprocessed"][key]
 
-    Returns:
-        The summary dict written to ``summary.json`` (before NaN -> null).
-    """
-    if not records:
-        raise ValueError("no cases were scored; the report needs at least one case")
-    out = Path(output_dir)
-    names = dict(zip(labels, class_names))
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case", "label", "organ", "mode", "metric", "value", "status"])
-    for r in records:
-        for c, m in r["metrics"].items():
-            status = m["clinical"]["status"]
-            for k, v in m["protocol"].items():
-                w.writerow([r["case"], c, names[c], "protocol", k, repr(float(v)), status])
-            for k, v in m["clinical"].items():
-                if k != "status":
-                    w.writerow([r["case"], c, names[c], "clinical", k, repr(float(v)), status])
-    atomic_write_text(out / "metrics_long.csv", buf.getvalue())
-
-    prot = summarize_protocol([{c: m["protocol"] for c, m in r["metrics"].items()} for r in records])
-    clin = summarize_clinical([{c: m["clinical"] for c, m in r["metrics"].items()} for r in records])
-    summary = {
-        "num_cases": len(records),
-        "cases": [{"case": r["case"], "spacing": r["spacing"], "spacing_source": r["spacing_source"]} for r in records],
+    prot = summarize_protocol([{c: m["protocol"] for c, m in metrics(r).items()} for r in records])
+    clin = summarize_clinical([{c: m["clinical"] for c, m in metrics(r).items()} for r in records])
+    return {
         "protocol": {
             "description": "TransUNet/MSA2Net Synapse protocol: medpy dc/hd95 per volume and organ, no spacing "
             "(HD95 in voxels); pred>0 & gt empty -> (1, 0); pred empty -> (0, 0); mean over volumes, then organs",
@@ -152,8 +124,58 @@ def write_tables(records: list[dict], output_dir, class_names, labels, nsd_toler
             "per_organ": {names[c]: v for c, v in clin["per_label"].items()},
             **{k: v for k, v in clin.items() if k.startswith("mean_")},
         },
+    }
+
+
+def write_tables(
+    records: list[dict], output_dir, class_names, labels, nsd_tolerance_mm: float, paper=None, run_info=None
+) -> dict:
+    """Write ``metrics_long.csv``, ``summary.json`` and ``table1.md`` for a list of scored cases.
+
+    Args:
+        records: ``[{"case": name, "spacing": [...], "spacing_source": str, "metrics": evaluate_case(...)}]``,
+            optionally with ``"postprocessed": {name: evaluate_case(...)}`` (e.g. ``{"LCC": ...}``), scored and
+            reported beside the raw predictions.
+        output_dir: folder for the three files.
+        class_names: organ names, one per label.
+        labels: organ label ids.
+        nsd_tolerance_mm: the NSD tolerance used (recorded in the summary).
+        paper: a row like :data:`PAPER_MSA2NET_SYNAPSE` printed beside ours, or ``None``.
+        run_info: what was evaluated (resampling, TTA, checkpoints ...), recorded in the summary and the table.
+
+    Returns:
+        The summary dict written to ``summary.json`` (before NaN -> null): the raw predictions' ``protocol`` and
+        ``clinical`` blocks at the top level, each post-processed set's under ``postprocessed``.
+    """
+    if not records:
+        raise ValueError("no cases were scored; the report needs at least one case")
+    out = Path(output_dir)
+    names = dict(zip(labels, class_names))
+    post = list(records[0].get("postprocessed", {}))
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "postprocess", "label", "organ", "mode", "metric", "value", "status"])
+    for r in records:
+        for variant, metrics in [("raw", r["metrics"])] + [(k, r["postprocessed"][k]) for k in post]:
+            for c, m in metrics.items():
+                status = m["clinical"]["status"]
+                for k, v in m["protocol"].items():
+                    w.writerow([r["case"], variant, c, names[c], "protocol", k, repr(float(v)), status])
+                for k, v in m["clinical"].items():
+                    if k != "status":
+                        w.writerow([r["case"], variant, c, names[c], "clinical", k, repr(float(v)), status])
+    atomic_write_text(out / "metrics_long.csv", buf.getvalue())
+
+    summary = {
+        "num_cases": len(records),
+        "cases": [{"case": r["case"], "spacing": r["spacing"], "spacing_source": r["spacing_source"]} for r in records],
+        "run": run_info,
+        **_summaries(records, None, names, nsd_tolerance_mm),
         "paper": paper,
     }
+    if post:
+        summary["postprocessed"] = {k: _summaries(records, k, names, nsd_tolerance_mm) for k in post}
     atomic_write_text(out / "summary.json", json.dumps(_json_clean(summary), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "table1.md", _markdown(summary, class_names, paper))
     return summary
@@ -161,44 +183,59 @@ def write_tables(records: list[dict], output_dir, class_names, labels, nsd_toler
 
 def _markdown(summary: dict, class_names, paper) -> str:
     cols = list(TABLE1_COLUMNS) if len(class_names) == len(TABLE1_COLUMNS) else list(class_names)
-    prot, clin = summary["protocol"], summary["clinical"]
+    post = summary.get("postprocessed") or {}
+    # (row label, summary blocks): "raw" is only spelled out when post-processed rows stand beside it
+    sets = [("raw" if post else "", summary)] + list(post.items())
     head = "| Method | " + " | ".join(cols) + " | DSC ↑ | HD95 ↓ |\n|---" + "|---:" * (len(cols) + 2) + "|\n"
     lines = [
         f"## Synapse, protocol mode ({summary['num_cases']} cases)\n",
         "DSC in %, HD95 in **voxels**; TransUNet/MSA²Net rule (missed organ -> DSC 0, HD95 0). Same layout as the "
         "paper's Table 1.\n",
-        head.rstrip("\n"),
     ]
+    if summary.get("run"):
+        lines.append("Evaluated: " + ", ".join(f"{k} = {v}" for k, v in summary["run"].items()) + ".\n")
+    if post:
+        lines.append(
+            "Rows: **raw** = the network's label map; "
+            + "; ".join(f"**{k}** = the same after post-processing ({k})" for k in post)
+            + ", scored against the same ground truth.\n"
+        )
+    lines.append(head.rstrip("\n"))
     if paper is not None:
         lines.append(
             f"| {paper['method']} | "
             + " | ".join(f"{v:.2f}" for v in paper["dice"])
             + f" | {paper['mean_dice']:.2f} | {paper['mean_hd95']:.2f} |"
         )
-    ours = [prot["per_organ"][n]["dice"] for n in class_names]
-    lines.append(
-        "| Ours (protocol) | "
-        + " | ".join(_fmt(v, 100) for v in ours)
-        + f" | {_fmt(prot['mean_dice'], 100)} | {_fmt(prot['mean_hd95'])} |"
-    )
-    tol = clin["nsd_tolerance_mm"]
-    lines += [
-        "",
-        "## Clinical mode\n",
-        f"HD95/ASSD in **mm**, NSD at {tol:g} mm (%); unmeasurable organs are missing, not 0, and counted.\n",
-        f"| Organ | DSC | HD95 (mm) | ASSD (mm) | NSD@{tol:g}mm | missed | false positive | absent |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for n in class_names:
-        v = clin["per_organ"][n]
+    for name, blocks in sets:
+        prot = blocks["protocol"]
+        ours = [prot["per_organ"][n]["dice"] for n in class_names]
+        label = f"Ours (protocol, {name})" if name else "Ours (protocol)"
         lines.append(
-            f"| {n} | {_fmt(v['dice'], 100)} | {_fmt(v['hd95_mm'])} | {_fmt(v['assd_mm'])} | {_fmt(v['nsd'], 100)} "
-            f"| {v['n_missed']} | {v['n_false_positive']} | {v['n_absent']} |"
+            f"| {label} | "
+            + " | ".join(_fmt(v, 100) for v in ours)
+            + f" | {_fmt(prot['mean_dice'], 100)} | {_fmt(prot['mean_hd95'])} |"
         )
-    lines.append(
-        f"| **mean** | {_fmt(clin['mean_dice'], 100)} | {_fmt(clin['mean_hd95_mm'])} | {_fmt(clin['mean_assd_mm'])} "
-        f"| {_fmt(clin['mean_nsd'], 100)} | | | |"
-    )
+    for name, blocks in sets:
+        clin = blocks["clinical"]
+        tol = clin["nsd_tolerance_mm"]
+        lines += [
+            "",
+            f"## Clinical mode, {name}\n" if name else "## Clinical mode\n",
+            f"HD95/ASSD in **mm**, NSD at {tol:g} mm (%); unmeasurable organs are missing, not 0, and counted.\n",
+            f"| Organ | DSC | HD95 (mm) | ASSD (mm) | NSD@{tol:g}mm | missed | false positive | absent |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in class_names:
+            v = clin["per_organ"][n]
+            lines.append(
+                f"| {n} | {_fmt(v['dice'], 100)} | {_fmt(v['hd95_mm'])} | {_fmt(v['assd_mm'])} "
+                f"| {_fmt(v['nsd'], 100)} | {v['n_missed']} | {v['n_false_positive']} | {v['n_absent']} |"
+            )
+        lines.append(
+            f"| **mean** | {_fmt(clin['mean_dice'], 100)} | {_fmt(clin['mean_hd95_mm'])} "
+            f"| {_fmt(clin['mean_assd_mm'])} | {_fmt(clin['mean_nsd'], 100)} | | | |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +298,11 @@ class SegmentationReport:
         nsd_tolerance_mm: NSD tolerance.
         paper: row printed beside ours in ``table1.md`` (default the MSA²Net Table 1 row; ``None`` to omit).
             Only used when ``labels`` are the 8 Synapse organs.
+        extra_pred_keys: post-processed predictions scored beside the raw one, ``{row name: output key}``
+            (e.g. ``{"LCC": "pred_lcc"}``); each gets its own rows in every table (column ``postprocess`` in the
+            CSV, ``postprocessed`` in the JSON) and ``protocol_mean_dice_<name>`` in the engine's metrics.
+        run_info: what was evaluated (e.g. resampling, TTA, checkpoints), written to ``summary.json`` ("run") and
+            printed above the tables.
     """
 
     def __init__(
@@ -272,6 +314,8 @@ class SegmentationReport:
         class_names=SYNAPSE_CLASSES,
         nsd_tolerance_mm: float = 2.0,
         paper=PAPER_MSA2NET_SYNAPSE,
+        extra_pred_keys: dict | None = None,
+        run_info: dict | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key = pred_key, label_key
@@ -281,6 +325,10 @@ class SegmentationReport:
             raise ValueError(f"labels and class_names must have the same length, got {self.labels} and {class_names}")
         self.nsd_tolerance_mm = float(nsd_tolerance_mm)
         self.paper = paper if self.labels == list(range(1, 9)) else None
+        self.extra_pred_keys = {str(k): v for k, v in (extra_pred_keys or {}).items()}
+        if "raw" in self.extra_pred_keys:
+            raise ValueError("SegmentationReport: 'raw' names the unprocessed prediction; pick another row name")
+        self.run_info = dict(run_info) if run_info else None
         self.records: list[dict] = []
 
     def attach(self, engine) -> None:
@@ -299,10 +347,14 @@ class SegmentationReport:
         """Score every case in ``engine.state.output``."""
         outputs = engine.state.output
         for item in [outputs] if isinstance(outputs, dict) else outputs:
-            self.add_case(item[self.pred_key], item[self.label_key])
+            extra = {k: item[key] for k, key in self.extra_pred_keys.items()}
+            self.add_case(item[self.pred_key], item[self.label_key], postprocessed=extra)
 
-    def add_case(self, pred, label, name: str | None = None) -> dict:
-        """Score one case (channel-first pred/label, see class doc) and keep its scalars."""
+    def add_case(self, pred, label, name: str | None = None, postprocessed: dict | None = None) -> dict:
+        """Score one case (channel-first pred/label, see class doc) and keep its scalars.
+
+        ``postprocessed`` maps a row name to another prediction of the same case (e.g. ``{"LCC": pred_lcc}``).
+        """
         truth = _to_label_map(label)
         p = _to_label_map(pred)
         spacing, source = _spacing(label, truth.ndim)
@@ -312,6 +364,11 @@ class SegmentationReport:
         name = name or _case_name(label, "") or _case_name(pred, fallback)
         m = evaluate_case(p, truth, self.labels, spacing, self.nsd_tolerance_mm)
         rec = {"case": name, "spacing": [float(s) for s in spacing], "spacing_source": source, "metrics": m}
+        if postprocessed:
+            rec["postprocessed"] = {
+                k: evaluate_case(_to_label_map(v), truth, self.labels, spacing, self.nsd_tolerance_mm)
+                for k, v in postprocessed.items()
+            }
         self.records.append(rec)
         return rec
 
@@ -324,7 +381,7 @@ class SegmentationReport:
             warnings.warn("SegmentationReport: no cases were seen this epoch; nothing written")
             return None
         summary = write_tables(
-            records, self.output_dir, self.class_names, self.labels, self.nsd_tolerance_mm, self.paper
+            records, self.output_dir, self.class_names, self.labels, self.nsd_tolerance_mm, self.paper, self.run_info
         )
         if engine is not None:
             engine.state.metrics.update(
@@ -333,6 +390,9 @@ class SegmentationReport:
                 clinical_mean_hd95_mm=summary["clinical"]["mean_hd95_mm"],
                 clinical_mean_nsd=summary["clinical"]["mean_nsd"],
             )
+            for k, blocks in (summary.get("postprocessed") or {}).items():
+                engine.state.metrics[f"protocol_mean_dice_{k}"] = blocks["protocol"]["mean_dice"]
+                engine.state.metrics[f"protocol_mean_hd95_{k}"] = blocks["protocol"]["mean_hd95"]
         return summary
 
 

@@ -56,17 +56,34 @@ def overlays(image=None, label=None, pred=None, out_dir="overlays", datalist=Non
     return written
 
 
-def bars(report, out="dice_bars.png", paper=True):
-    """Per-organ protocol Dice bars from a ``summary.json`` or ``metrics_long.csv`` written by SegmentationReport."""
+def bars(report, out="dice_bars.png", paper=True, postprocess="raw"):
+    """Per-organ protocol Dice bars from a ``summary.json`` or ``metrics_long.csv`` written by SegmentationReport.
+
+    Args:
+        report: ``summary.json`` or ``metrics_long.csv``.
+        out: output PNG.
+        paper: draw the paper's MSA²Net Dice beside ours (8 Synapse organs only).
+        postprocess: which predictions: ``raw`` or a post-processed row of the report (e.g. ``LCC``).
+    """
     if str(report).endswith(".json"):
-        per_organ = {k: v["dice"] for k, v in json.loads(Path(report).read_text())["protocol"]["per_organ"].items()}
+        summary = json.loads(Path(report).read_text())
+        if postprocess != "raw":
+            if postprocess not in (summary.get("postprocessed") or {}):
+                raise ValueError(
+                    f"scripts/report.py: {report} has no post-processed rows named {postprocess!r}; evaluate with "
+                    "--lcc True for LCC rows, or use --postprocess raw."
+                )
+            summary = summary["postprocessed"][postprocess]
+        per_organ = {k: v["dice"] for k, v in summary["protocol"]["per_organ"].items()}
     else:
         import csv
 
         vals = {}
         for r in csv.DictReader(open(report)):
-            if r["mode"] == "protocol" and r["metric"] == "dice":
+            if r["mode"] == "protocol" and r["metric"] == "dice" and r.get("postprocess", "raw") == postprocess:
                 vals.setdefault(r["organ"], []).append(float(r["value"]))
+        if not vals:
+            raise ValueError(f"scripts/report.py: {report} has no protocol Dice rows for postprocess={postprocess!r}.")
         per_organ = {k: float(np.mean(v)) for k, v in vals.items()}
     use_paper = paper and list(per_organ) == list(SYNAPSE_CLASSES)
     return str(reports.plot_dice_bars(per_organ, out, reports.PAPER_MSA2NET_SYNAPSE if use_paper else None))
