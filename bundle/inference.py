@@ -240,6 +240,9 @@ class SaveLabelNiftid(MapTransform):
             dst = output_path(str(src), self.output_dir, self.postfix)
             if os.path.exists(dst) and not self.overwrite:
                 continue
+            from .transforms import RestoreAxesd  # undo AxialLastd: the input's axis order (original_affine)
+
+            pred = RestoreAxesd(keys="x")({"x": pred})["x"]
             arr = np.asarray(pred.detach().cpu().numpy() if torch.is_tensor(pred) else pred)
             arr = arr[0].astype(np.uint8)
             affine = np.asarray(meta.get("original_affine", meta.get("affine")), dtype=np.float64)
