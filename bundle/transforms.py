@@ -2,7 +2,10 @@
 
 The volume stage (load, HU window) is deterministic and cached by ``CacheDataset``; the slice stage (sample axial
 slices, resize to 224², augment, normalise) runs every iteration. Axial = the last array axis as MONAI loads
-NIfTI/NRRD/DICOM (``[C, H, W, D]``); volumes are not reoriented, so labels stay on the image grid.
+NIfTI/NRRD/DICOM (``[C, H, W, D]``) after :class:`AxialLastd` has moved the array axis closest to the patient's
+superior–inferior direction last (a no-op for axial scans; a sagittal or coronal acquisition is sliced axially,
+and :class:`RestoreAxesd` puts predictions back in the input's axis order). Nothing is resampled or flipped, so
+labels stay on the image grid. Every case is checked by ``bundle.validation`` (see ``docs/operations.md``).
 
 Augmentation (official ``iaa.SomeOf((0, 4), [...], random_order=True)``, ``msa2net_official.md`` §6.1), each
 member always applied when drawn:
@@ -29,13 +32,15 @@ per-transform RNG is seeded per DataLoader worker and epoch, which fixes the off
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
 
+import numpy as np
+import torch
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
+    MapTransform,
     NormalizeIntensityd,
     Rand2DElasticd,
     RandAffined,
@@ -50,30 +55,107 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-__all__ = ["HU_WINDOW", "ct_volume_transforms", "slice_transforms", "augmentation", "normalise"]
+from .validation import LoadVolumed, ValidateVolumed, slice_axis
+
+__all__ = [
+    "HU_WINDOW",
+    "AxialLastd",
+    "RestoreAxesd",
+    "ct_volume_transforms",
+    "slice_transforms",
+    "augmentation",
+    "normalise",
+]
 
 HU_WINDOW = (-125.0, 275.0)
+_PERM_KEY = "axial_permutation"  # meta entry "i,j,k": output axis n holds input axis perm[n]
 
 
-def ct_volume_transforms(keys: Sequence[str] = ("image", "label"), reader: str | None = None) -> Compose:
-    """Deterministic volume stage: load, channel first, HU window [-125, 275] → [0, 1] (clipped).
+class AxialLastd(MapTransform):
+    """Moves the array axis closest to superior–inferior (from the image affine) last, on every key.
+
+    Axial scans are unchanged. The permutation is recorded in the image meta (``axial_permutation``) and the meta
+    affine is updated, so :class:`RestoreAxesd` can give predictions the input's axis order back. Runs after
+    ``EnsureChannelFirstd`` on (C, X, Y, Z) arrays; no resampling, no flips.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        keys = [k for k in self.key_iterator(d)]
+        if not keys:
+            return d
+        affine = getattr(d[keys[0]], "affine", None)
+        axis = slice_axis(np.asarray(affine)) if affine is not None else 2
+        perm = [a for a in range(3) if a != axis] + [axis]
+        for key in keys:
+            img = d[key]
+            if perm != [0, 1, 2]:
+                img = img.permute(0, *[p + 1 for p in perm])
+                if hasattr(img, "meta"):
+                    aff = torch.as_tensor(img.meta["affine"]).clone()
+                    aff[:, :3] = aff[:, perm]
+                    img.meta["affine"] = aff
+            if hasattr(img, "meta"):
+                img.meta[_PERM_KEY] = ",".join(str(p) for p in perm)
+            d[key] = img
+        return d
+
+
+class RestoreAxesd(MapTransform):
+    """Inverse of :class:`AxialLastd` for predictions that carry its ``axial_permutation`` meta (C, ..., ...)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            perm = getattr(img, "meta", {}).get(_PERM_KEY)
+            if isinstance(perm, (list, tuple)):  # collated meta
+                perm = perm[0]
+            if not perm or perm == "0,1,2":
+                continue
+            order = [int(p) for p in str(perm).split(",")]
+            inverse = list(np.argsort(order))
+            img = img.permute(0, *[int(i) + 1 for i in inverse])
+            if hasattr(img, "meta"):
+                aff = torch.as_tensor(img.meta["affine"]).clone()
+                aff[:, :3] = aff[:, [int(i) for i in inverse]]
+                img.meta["affine"] = aff
+                img.meta[_PERM_KEY] = "0,1,2"
+            d[key] = img
+        return d
+
+
+def ct_volume_transforms(
+    keys: Sequence[str] = ("image", "label"),
+    reader: str | None = None,
+    num_classes: Optional[int] = 9,
+    validate: bool = True,
+    reorient: bool = True,
+) -> Compose:
+    """Deterministic volume stage: load, check, channel first, axial last, HU window [-125, 275] → [0, 1] (clipped).
 
     Args:
         keys: image key first, then an optional label key.
         reader: MONAI reader name (``ITKReader`` for DICOM series folders), ``None`` for MONAI's choice.
+        num_classes: labels must lie in ``0..num_classes-1`` (``bundle.validation.ValidateVolumed``).
+        validate: run the per-case checks (clear errors for bad files; NaN/inf replaced with a warning).
+        reorient: slice along the superior–inferior axis whatever the storage order (:class:`AxialLastd`).
 
     Returns:
         The Compose (cacheable).
     """
     keys = list(keys)
-    return Compose(
-        [
-            LoadImaged(keys=keys, reader=reader, image_only=True),
-            EnsureChannelFirstd(keys=keys),
-            ScaleIntensityRanged(keys=keys[0], a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
-            EnsureTyped(keys=keys, dtype="float32", track_meta=True),
-        ]
-    )
+    steps = [LoadVolumed(keys=keys, reader=reader, image_only=True)]
+    if validate:
+        steps.append(ValidateVolumed(keys=keys, num_classes=num_classes))
+    steps.append(EnsureChannelFirstd(keys=keys))
+    if reorient:
+        steps.append(AxialLastd(keys=keys))
+    steps += [
+        ScaleIntensityRanged(keys=keys[0], a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+        EnsureTyped(keys=keys, dtype="float32", track_meta=True),
+    ]
+    return Compose(steps)
 
 
 def augmentation(size: int = 224, keys: Sequence[str] = ("image", "label")) -> SomeOf:
