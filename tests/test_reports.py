@@ -189,3 +189,64 @@ def test_report_cli_functions(tmp_path):
     _run_engine(tmp_path / "eval")
     assert _png_size(R.Path(cli.bars(tmp_path / "eval" / "summary.json", tmp_path / "b.png"))) == (800, 400)
     assert _png_size(R.Path(cli.bars(tmp_path / "eval" / "metrics_long.csv", tmp_path / "b2.png"))) == (800, 400)
+
+
+def test_handler_reports_postprocessed_rows_beside_raw(tmp_path):
+    """LCC rows: every table holds raw and LCC, labelled, each scored against the same truth (medpy values)."""
+    from bundle.postprocess import keep_largest_component
+
+    cases = _cases()
+    lcc = {name: keep_largest_component(p[None])[0] for name, p, _ in cases}
+    assert (lcc["caseA"] != cases[0][1]).sum() == 0  # one spleen blob: LCC changes nothing
+    cases[1][1][9:11, 8:10, 4:6] = 1  # case B: a stray 2×2×2 spleen blob far from the organ, removed by LCC
+    lcc["caseB"] = keep_largest_component(cases[1][1][None])[0]
+    assert (lcc["caseB"] == 1).sum() == (cases[1][1] == 1).sum() - 8
+    run_info = {"resample": "protocol", "tta": False}
+    handler = R.SegmentationReport(output_dir=tmp_path, extra_pred_keys={"LCC": "pred_lcc"}, run_info=run_info)
+
+    def step(engine, batch):
+        name, p, t = batch
+        sp = (0.8, 0.8, 2.5)
+        return [{"pred": _mt(p, sp, name), "pred_lcc": _mt(lcc[name], sp, name), "label": _mt(t, sp, name)}]
+
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run(cases, max_epochs=1)
+
+    rows = list(csv.DictReader(open(tmp_path / "metrics_long.csv")))
+    assert len(rows) == 2 * 2 * 8 * 6 and {r["postprocess"] for r in rows} == {"raw", "LCC"}
+    get = {(r["case"], r["postprocess"], r["label"], r["mode"], r["metric"]): float(r["value"]) for r in rows}
+    p_raw, p_lcc, t = cases[1][1], lcc["caseB"], cases[1][2]
+    assert get[("caseB", "raw", "1", "protocol", "hd95")] == pytest.approx(medpy_binary.hd95(p_raw == 1, t == 1))
+    assert get[("caseB", "LCC", "1", "protocol", "hd95")] == pytest.approx(medpy_binary.hd95(p_lcc == 1, t == 1))
+    assert get[("caseB", "LCC", "1", "protocol", "dice")] == pytest.approx(medpy_binary.dc(p_lcc == 1, t == 1))
+    assert get[("caseB", "LCC", "1", "protocol", "hd95")] < get[("caseB", "raw", "1", "protocol", "hd95")]
+
+    s = json.load(open(tmp_path / "summary.json"))
+    assert s["run"] == run_info
+    lcc_spleen = s["postprocessed"]["LCC"]["protocol"]["per_organ"]["spleen"]
+    assert lcc_spleen["hd95"] == pytest.approx(np.mean([get[(c, "LCC", "1", "protocol", "hd95")] for c, *_ in cases]))
+    assert s["postprocessed"]["LCC"]["protocol"]["mean_dice"] > s["protocol"]["mean_dice"]
+    assert engine.state.metrics["protocol_mean_dice_LCC"] == pytest.approx(
+        s["postprocessed"]["LCC"]["protocol"]["mean_dice"]
+    )
+
+    md = (tmp_path / "table1.md").read_text()
+    assert "Evaluated: resample = protocol, tta = False." in md
+    raw_row = next(line for line in md.splitlines() if line.startswith("| Ours (protocol, raw)"))
+    lcc_row = next(line for line in md.splitlines() if line.startswith("| Ours (protocol, LCC)"))
+    assert float(lcc_row.split("|")[-2]) == pytest.approx(s["postprocessed"]["LCC"]["protocol"]["mean_hd95"], abs=0.006)
+    assert float(raw_row.split("|")[-2]) == pytest.approx(s["protocol"]["mean_hd95"], abs=0.006)
+    assert "## Clinical mode, raw" in md and "## Clinical mode, LCC" in md
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report_cli", R.Path(__file__).parents[1] / "scripts" / "report.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    for src in ("summary.json", "metrics_long.csv"):
+        assert _png_size(R.Path(cli.bars(tmp_path / src, tmp_path / "b.png", postprocess="LCC"))) == (800, 400)
+    with pytest.raises(ValueError, match="no post-processed rows"):
+        cli.bars(tmp_path / "summary.json", tmp_path / "b.png", postprocess="opening")
+    with pytest.raises(ValueError, match="'raw' names"):
+        R.SegmentationReport(tmp_path, extra_pred_keys={"raw": "x"})
