@@ -3,7 +3,8 @@ the end (non-zero exit) instead of at the first bad file.
 
 * :class:`SkipBadCases` (a MONAI ``Dataset``): a case whose loading or checks raise becomes a *marker*, an empty
   image (1, 1, 1, 0) whose meta carries ``bad_case`` (the reason) and the file name. The slice inferer runs no
-  slice on it (0 slices) and :class:`UnlessBadCase` keeps the writer from saving anything for it.
+  slice on it (0 slices) and :class:`BadCaseSafeCompose` / :class:`UnlessBadCase` keep the postprocessing (writer)
+  from touching it.
 * :class:`FailureReport` (Ignite handler): collects the markers, writes ``<output_dir>/failures.json``
   atomically at ``COMPLETED`` (``[]`` when all cases passed) and then raises :class:`CasesFailed` if any failed.
 """
@@ -18,11 +19,19 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping
 
 import torch
 from monai.data import Dataset, MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import Compose, Transform
 
 from .validation import InputError, root_input_error
 
-__all__ = ["BAD_CASE", "SkipBadCases", "UnlessBadCase", "FailureReport", "CasesFailed", "is_bad_case"]
+__all__ = [
+    "BAD_CASE",
+    "SkipBadCases",
+    "UnlessBadCase",
+    "BadCaseSafeCompose",
+    "FailureReport",
+    "CasesFailed",
+    "is_bad_case",
+]
 
 BAD_CASE = "bad_case"
 logger = logging.getLogger(__name__)
@@ -74,7 +83,7 @@ def is_bad_case(value: Any) -> bool:
     return isinstance(meta, Mapping) and bool(meta.get(BAD_CASE))
 
 
-class UnlessBadCase(MapTransform):
+class UnlessBadCase(Transform):
     """Applies ``transform`` (e.g. the writer) to good cases only; markers pass through unchanged.
 
     Args:
@@ -82,11 +91,20 @@ class UnlessBadCase(MapTransform):
     """
 
     def __init__(self, transform: Callable) -> None:
-        super().__init__(keys=[], allow_missing_keys=True)
         self.transform = transform
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         return dict(data) if is_bad_case(data) else self.transform(data)
+
+
+class BadCaseSafeCompose(Compose):
+    """``Compose`` that passes :class:`SkipBadCases` markers through untouched (for the inference postprocessing).
+
+    Same arguments as ``monai.transforms.Compose``; a drop-in ``_target_`` replacement that keeps the config ids.
+    """
+
+    def __call__(self, input_, *args: Any, **kwargs: Any):
+        return input_ if is_bad_case(input_) else super().__call__(input_, *args, **kwargs)
 
 
 class FailureReport:

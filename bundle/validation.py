@@ -2,7 +2,7 @@
 
 Every check raises :class:`InputError` (a ``ValueError``) with one line: *what* is wrong, *which file*, and *how
 to fix it*. MONAI wraps errors raised inside transforms and config components in ``RuntimeError``\\ s ("applying
-transform …", "Failed to instantiate …"); :func:`prepare_run` (listed in each config's ``initialize``) installs
+transform …", "Failed to instantiate …"); :func:`prepare_run` (first item of each config's ``run``) installs
 an exception hook that prints only the :class:`InputError` line for such chains (``MSA2NET_TRACEBACK=1`` shows
 the full traceback). The catalogue of messages is ``docs/operations.md``.
 
@@ -568,6 +568,6 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def prepare_run() -> None:
-    """Listed in each config's ``initialize``: clean :class:`InputError` output, and refuse typo overrides."""
+    """First item of each config's ``run`` (custom code importable there): one-line errors, typo overrides refused."""
     install_error_hook()
     check_cli_overrides()
