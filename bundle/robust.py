@@ -156,7 +156,7 @@ class FailureReport:
         if not self.failures:
             logger.info(f"all {self.cases} cases done; {self.path}: no failures")
             return
-        lines = "; ".join(f"{f['file']}: {f['reason']}" for f in self.failures[:5])
+        lines = " | ".join(f["reason"] for f in self.failures[:5]) + (" | …" if len(self.failures) > 5 else "")
         summary = f"{len(self.failures)} of {self.cases} cases failed (details in {self.path}): {lines}"
         logger.error(summary)
         if self.raise_on_failure:

@@ -7,6 +7,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -28,6 +29,30 @@ def make_volume(path_img, path_lab, shape=(40, 36, 3), seed=0, affine=None):
     nib.save(nib.Nifti1Image(img, affine), path_img)
     nib.save(nib.Nifti1Image(lab, affine), path_lab)
     return path_img, path_lab
+
+
+class TinySegNet(torch.nn.Module):
+    """A 2-layer stand-in for MSA2Net in tests of the engines (resume, DDP, inference loops), not of the network.
+
+    ``unused`` is a module that never runs, as some MSA2Net variants hold: DDP must cope with it
+    (``find_unused_parameters``). Configs name it ``conftest.TinySegNet`` (``tests/`` on ``PYTHONPATH``).
+    """
+
+    def __init__(self, in_channels=1, out_channels=9, width=8, **_):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, width, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1),
+        )
+        self.head = torch.nn.Conv2d(width, out_channels, 1)
+        self.unused = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+TINY_NET = {"_target_": "conftest.TinySegNet", "in_channels": "@in_channels", "out_channels": "@num_classes"}
 
 
 @pytest.fixture(scope="session")
