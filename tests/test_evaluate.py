@@ -113,3 +113,46 @@ def test_evaluate_tta_ensemble_equals_direct_average(ct_dataset, tmp_path):
     _check_protocol(values, "raw", pred, truth)
     assert summary["run"]["tta"] is True and summary["run"]["checkpoints"] == paths
     assert "postprocessed" not in summary  # lcc off by default
+
+
+def test_inference_config_ensemble_tta_lcc(ct_dataset, tmp_path):
+    """configs/inference.yaml with ckpt_paths + tta + lcc writes LCC(argmax(bilinear(log mean softmax)))."""
+    import nibabel as nib
+    import torch.nn.functional as F
+
+    nets = [_conv(3), _conv(4)]
+    paths = [str(tmp_path / f"m{i}.pt") for i in range(2)]
+    for n, p in zip(nets, paths):
+        torch.save(n.state_dict(), p)
+    src = ct_dataset / "images" / "vol1.nii.gz"
+    wf = ConfigWorkflow(
+        config_file=os.path.join(CFG, "inference.yaml"),
+        meta_file=os.path.join(CFG, "metadata.json"),
+        logging_file=os.path.join(CFG, "logging.conf"),
+        workflow_type="infer",
+        bundle_root=ROOT,
+        input=str(src),
+        output_dir=str(tmp_path / "pred"),
+        ckpt_path=str(tmp_path / "absent.pt"),
+        ckpt_paths=paths,
+        tta=True,
+        lcc=True,
+        network_def=TOY,
+        num_workers=0,
+        show_progress=False,
+        device="cpu",
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    written = np.asarray(nib.load(tmp_path / "pred" / "vol1_seg.nii.gz").dataobj)
+    image = ct_volume_transforms(keys=["image"])({"image": str(src)})["image"][0]
+    h, w, d = image.shape
+    x = (F.interpolate(image.permute(2, 0, 1)[:, None], size=(224, 224), mode="bicubic") - 0.5) / 0.5
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(n(x.flip(f)), 1).flip(f) for n in nets for f in ([], [-1], [-2], [-2, -1])])
+    scores = F.interpolate(torch.log(probs.mean(0).clamp_min(1e-12)), size=(h, w), mode="bilinear")
+    raw = scores.argmax(1).permute(1, 2, 0).numpy().astype(np.uint8)
+    expected = np.asarray(keep_largest_component(raw[None]))[0]
+    assert not np.array_equal(raw, expected)  # the LCC removed something, so the switch is seen
+    assert np.array_equal(written, expected)
