@@ -557,8 +557,9 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
     known = _ids(config)
     for raw in pairs:
         key = raw.replace("::", "#")
-        if key in _CLI_ARGS or key in known or key.startswith("+"):
-            continue
+        parent, _, last = key.rpartition("#")
+        if key in _CLI_ARGS or key in known or key.startswith("+") or (last.startswith("_") and parent in known):
+            continue  # `--x#_disabled_ True` etc. are fine on an existing component
         close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
         hint = "did you mean " + ", ".join("--" + c for c in close) + "?" if close else "check the config's ids."
         raise InputError(

@@ -52,6 +52,25 @@ class TinySegNet(torch.nn.Module):
         return self.head(torch.relu(self.body(x)))
 
 
+class StallAt:
+    """Test handler: at ``iteration`` writes ``marker`` and sleeps, so a test can SIGKILL the run mid-epoch."""
+
+    def __init__(self, iteration, marker, seconds=600):
+        self.iteration, self.marker, self.seconds = int(iteration), str(marker), seconds
+
+    def attach(self, engine):
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.iteration), self)
+
+    def __call__(self, engine):
+        import time
+
+        with open(self.marker, "w") as f:
+            f.write(str(engine.state.iteration))
+        time.sleep(self.seconds)
+
+
 TINY_NET = {"_target_": "conftest.TinySegNet", "in_channels": "@in_channels", "out_channels": "@num_classes"}
 
 

@@ -309,6 +309,9 @@ def test_typo_override_refused():
             check_cli_overrides(argv + ["--epohcs", "5"])
         with pytest.raises(InputError, match=r"unknown config id --network_def#varient"):
             check_cli_overrides(argv + ["--network_def#varient", "paper"])
+        check_cli_overrides(argv + ["--train#handlers#0#_disabled_", "True"])  # component keys on existing ids
+        with pytest.raises(InputError, match=r"--train#handlerz#0#_disabled_"):
+            check_cli_overrides(argv + ["--train#handlerz#0#_disabled_", "True"])
         check_cli_overrides(["pytest", "--epohcs", "5"])  # not a monai.bundle command line: no check
     finally:
         os.chdir(cwd)
