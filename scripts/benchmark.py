@@ -106,7 +106,9 @@ def _write(name: str, record: dict, command: str) -> None:
 
 
 def _command() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0])] + sys.argv[1:])
+    return "python " + " ".join(
+        [str(Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0])] + sys.argv[1:]
+    )
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -334,9 +336,11 @@ def volume(
     setup_s = time.perf_counter() - t0
     use_bundle = importlib.util.find_spec("bundle.inference") is not None and path == "bundle"
     notes = [
-        "path: bundle.transforms.ct_volume_transforms -> bundle.inference.AxialSliceInferer -> SaveLabelNiftid"
-        if use_bundle
-        else "path: own minimal path in scripts/benchmark.py (nibabel, bilinear resize), not bundle.inference"
+        (
+            "path: bundle.transforms.ct_volume_transforms -> bundle.inference.AxialSliceInferer -> SaveLabelNiftid"
+            if use_bundle
+            else "path: own minimal path in scripts/benchmark.py (nibabel, bilinear resize), not bundle.inference"
+        )
     ]
     notes.append("setup_s (build + ONNX export or cache hit + session, untimed otherwise): counted in peak RSS")
     if device == "cuda":
@@ -349,7 +353,11 @@ def volume(
         depth = _minimal_volume_inference(run, image, out, batch)
     wall = time.perf_counter() - t0
     row = {"backend": backend, "dtype": dtype, "batch": batch, "slices": depth, "wall_s": wall}
-    row.update(slices_per_s=depth / wall, setup_s=setup_s, peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    row.update(
+        slices_per_s=depth / wall,
+        setup_s=setup_s,
+        peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    )
     if device == "cuda":
         row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     record = {"env": _environment(device, threads), "variant": variant, "rows": [row], "notes": notes}
@@ -444,7 +452,9 @@ def side_by_side(
             if other in times and other != k:
                 ratios = sorted(a / b for a, b in zip(times[k], times[other]))
                 row[f"ratio_vs_{other}_median"] = statistics.median(ratios)
-                row[f"ratio_vs_{other}_q25_q75"] = f"{ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}"
+                row[f"ratio_vs_{other}_q25_q75"] = (
+                    f"{ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}"
+                )
         row.update(max_abs_diff_vs_baseline=diffs[k], argmax_agreement=agree[k])
         rows.append(row)
     notes = [

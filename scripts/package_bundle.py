@@ -1,18 +1,21 @@
 """Write a model-zoo-ready zip of this bundle: top folder = bundle name, code, configs, docs, weights.
 
 ``monai.bundle.load()`` reads only ``configs/<workflow>.json``, so JSON copies of the YAML configs are generated
-into the zip (the YAML files stay the source of truth). Weights: ``models/model.pt`` (and ``model.ts``) when
-present, else ``large_files.yml`` tells ``download_large_files`` where to get them.
+into the zip (the YAML files stay the source of truth). Weights: ``--weights`` (or ``models/model.pt``) and
+``models/model.ts`` go into the zip; ``--weights_url`` instead writes ``large_files.yml`` (URL + sha256 of the
+weights, for ``monai.bundle download_large_files``) and leaves the weights out, as the zoo asks for files > 1 MB.
 
 Example::
 
-    python scripts/package_bundle.py --out dist/
+    python scripts/package_bundle.py --out dist/                      # models/model.pt inside the zip
+    python scripts/package_bundle.py --weights_url https://host/model.pt   # large_files.yml instead
     python -m monai.bundle download --name msa2net_synapse_ct_segmentation \\
         --url file://$PWD/dist/msa2net_synapse_ct_segmentation_v0.1.0.zip --bundle_dir ./hub
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,11 +23,13 @@ import zipfile
 from pathlib import Path
 
 import fire
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "msa2net_synapse_ct_segmentation"
 INCLUDE_DIRS = ["bundle", "configs", "docs", "scripts"]
-INCLUDE_FILES = ["LICENSE", "README.md", "large_files.yml", "pyproject.toml", "models/model.pt", "models/model.ts"]
+INCLUDE_FILES = ["LICENSE", "README.md", "large_files.yml", "pyproject.toml", "models/README.md"]
+WEIGHTS = "models/model.pt"
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 SKIP_SUFFIXES = {".pyc", ".tmp"}
 
@@ -39,6 +44,24 @@ def _files():
             yield ROOT / f
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_large_files(weights: Path, url: str, dest: Path = ROOT / "large_files.yml") -> Path:
+    """``large_files.yml`` in the zoo's format: where ``models/model.pt`` is hosted and its sha256."""
+    entry = {"path": WEIGHTS, "url": url, "hash_val": _sha256(weights), "hash_type": "sha256"}
+    text = yaml.safe_dump({"large_files": [entry]}, sort_keys=False)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dest)
+    return dest
+
+
 def _json_configs() -> dict:
     """JSON renderings of each YAML config, for ``monai.bundle.load``."""
     from monai.bundle import ConfigParser
@@ -49,11 +72,34 @@ def _json_configs() -> dict:
     return out
 
 
-def main(out: str = "dist", name: str = NAME) -> str:
-    """Write ``<out>/<name>_v<version>.zip`` atomically and return its path."""
+def main(out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", weights_url: str = "") -> str:
+    """Write ``<out>/<name>_v<version>.zip`` atomically and return its path.
+
+    Args:
+        out: output folder.
+        name: bundle name (the zip's top folder).
+        weights: checkpoint to ship as ``models/model.pt`` (default: ``models/model.pt`` when present).
+        ts: TorchScript file to ship as ``models/model.ts`` (default: ``models/model.ts`` when present).
+        weights_url: where the weights are hosted: writes ``large_files.yml`` and leaves the weights out.
+    """
     version = json.loads((ROOT / "configs/metadata.json").read_text())["version"]
-    if not (ROOT / "models/model.pt").is_file() and not (ROOT / "large_files.yml").is_file():
-        raise SystemExit("No models/model.pt and no large_files.yml: the zip would carry no weights.")
+    weights_path = Path(weights) if weights else ROOT / WEIGHTS
+    ts_path = Path(ts) if ts else ROOT / "models/model.ts"
+    for given, path in ((weights, weights_path), (ts, ts_path)):
+        if given and not path.is_file():
+            raise SystemExit(f"{path}: no such file (--weights / --ts name a checkpoint to ship).")
+    if weights_url:
+        if not weights_path.is_file():
+            raise SystemExit(f"--weights_url needs the weights to hash: {weights_path} is missing.")
+        print(f"wrote {write_large_files(weights_path, weights_url)}")
+    elif not weights_path.is_file() and not (ROOT / "large_files.yml").is_file():
+        raise SystemExit(
+            f"No weights ({weights_path}) and no large_files.yml: the zip would carry no weights. "
+            "Train first, or pass --weights <checkpoint>."
+        )
+    extra = {} if weights_url else {WEIGHTS: weights_path}
+    if ts_path.is_file():
+        extra["models/model.ts"] = ts_path
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_v{version}.zip"
@@ -64,6 +110,10 @@ def main(out: str = "dist", name: str = NAME) -> str:
         for path in _files():
             zf.write(path, f"{name}/{path.relative_to(ROOT).as_posix()}")
             count += 1
+        for arcname, path in extra.items():
+            if path.is_file():
+                zf.write(path, f"{name}/{arcname}")
+                count += 1
         for arcname, text in _json_configs().items():
             zf.writestr(f"{name}/{arcname}", text)
             count += 1
