@@ -159,9 +159,8 @@ def _workflow(files, workflow_type, **override):
     [(TRAIN, "train", "training"), (EVAL, "train", "evaluating"), (INFER, "infer", "inference")],
 )
 def test_config_properties(files, workflow_type, run_id, isic, tmp_path):
-    wf = _workflow(
-        files, workflow_type, bundle_root=ROOT, dataset_dir=str(isic / "prep"), output_dir=str(tmp_path), num_workers=0
-    )
+    paths = dict(dataset_dir=str(isic / "prep"), output_dir=str(tmp_path), ckpt_path=str(tmp_path / "m" / "model.pt"))
+    wf = _workflow(files, workflow_type, bundle_root=ROOT, num_workers=0, **paths)
     wf.initialize()
     assert wf.check_properties() in ([], None)
     assert run_id in wf.parser.config
