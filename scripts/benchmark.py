@@ -368,15 +368,98 @@ def volume(
 
 
 # ----------------------------------------------------------------------------------------------- loader
-def loader(threads: int = 2, name: str = "loader") -> None:
-    """Slices/s of the training data pipeline (``bundle/transforms.py``), when it exists."""
-    _setup(threads, "cpu")
-    notes, rows = [], []
-    if importlib.util.find_spec("bundle.transforms") is None:
-        notes.append("bundle/transforms.py does not exist yet: nothing measured. Re-run when it lands.")
-    else:
-        notes.append("bundle/transforms.py exists but its API is not wired into this benchmark yet.")
-    record = {"env": _environment("cpu", threads), "rows": rows, "notes": notes}
+def loader(
+    threads: int = 2,
+    workers="0,2",
+    volumes: int = 4,
+    shape="512,512,100",
+    batch_size: int = 20,
+    slices_per_volume: int = 4,
+    batches: int = 20,
+    augment: bool = True,
+    consumer_batch: int = 2,
+    device: str = "auto",
+    name: str = "loader",
+) -> None:
+    """Slices/s delivered by ``configs/train.yaml``'s training DataLoader against the network's consumption rate.
+
+    The loader is built from the config itself (``train#dataloader``: CacheDataset of HU-windowed volumes, slice
+    sampling, resize to 224², the official augmentation list) over synthetic CT volumes of ``shape``; the cache is
+    filled first (timed apart), then ``batches`` batches are drawn per worker count. The consumer rate is one
+    training step (forward + BDoU + backward + SGD) of the paper variant at ``consumer_batch`` on ``device``.
+    """
+    from monai.bundle import ConfigParser
+
+    from bundle.data.synthetic import write_synthetic_case
+
+    device = _setup(threads, device)
+    dims = [int(v) for v in _split(shape)]
+    rows, notes = [], []
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_loader_"))
+    try:
+        items = []
+        for i in range(volumes):
+            img, lab = tmp / f"vol{i}.nii.gz", tmp / f"vol{i}_label.nii.gz"
+            write_synthetic_case(str(img), str(lab), shape=dims, seed=i)
+            items.append({"image": img.name, "label": lab.name})
+        (tmp / "dataset.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+        for w in [int(v) for v in _split(workers)]:
+            parser = ConfigParser()
+            parser.read_config(str(ROOT / "configs" / "train.yaml"))
+            parser.update(
+                {
+                    "bundle_root": str(ROOT),
+                    "dataset_dir": str(tmp),
+                    "output_dir": str(tmp / "run"),
+                    "num_workers": w,
+                    "batch_size": batch_size,
+                    "slices_per_volume": slices_per_volume,
+                    "slices_per_epoch": batch_size * batches,
+                    "augment": augment,
+                    "cache_rate": 1.0,
+                }
+            )
+            start = time.perf_counter()
+            dataloader = parser.get_parsed_content("train#dataloader")
+            cache_s = time.perf_counter() - start
+            start, slices, first = time.perf_counter(), 0, None
+            for batch in dataloader:
+                slices += batch["image"].shape[0]
+                first = first or time.perf_counter() - start
+            total = time.perf_counter() - start
+            rows.append(
+                {
+                    "what": "loader",
+                    "workers": w,
+                    "batch": batch_size,
+                    "slices": slices,
+                    "cache_fill_s": round(cache_s, 2),
+                    "first_batch_s": round(first, 3),
+                    "slices_per_s": slices / total,
+                }
+            )
+        net = _build("paper").to(device).train()
+        loss_fn, loss_name = _loss_fn()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(consumer_batch, 1, 224, 224, device=device)
+        y = torch.randint(0, 9, (consumer_batch, 224, 224), device=device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            opt.step()
+
+        t = statistics.median(_time(step, device, warmup=1, reps=3))
+        rows.append({"what": f"train step ({loss_name})", "batch": consumer_batch, "slices_per_s": consumer_batch / t})
+        notes.append(
+            f"synthetic CT {volumes} x {dims}, augmentation {'on' if augment else 'off'}; the loader keeps up when its "
+            "slices/s exceeds the train step's"
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = {"env": _environment(device, threads), "rows": rows, "notes": notes}
     _write(name, record, _command())
 
 
