@@ -219,7 +219,7 @@ def forward(
                     row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                     torch.cuda.reset_peak_memory_stats()
                 rows.append(row)
-            del net, fast
+            net = fast = None  # free before the next build (a `del` confuses pyflakes: the lambda above)
     if "bf16" in _split(dtypes) and device == "cpu" and not cpu_supports_bf16():
         notes.append("This CPU has no AVX512-BF16/AMX: CPU bf16 is emulated, expected slower than fp32.")
     if train:
