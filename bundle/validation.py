@@ -475,11 +475,16 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
 # ----------------------------------------------------------------------------------------------- command line
 def root_input_error(err: BaseException) -> Optional[str]:
-    """The :class:`InputError` message in ``err``'s cause/context chain (or in a DataLoader worker's text)."""
+    """The :class:`InputError` message in ``err``'s cause/context chain (or in a DataLoader worker's text).
+
+    ValueErrors of this project's modules (``"bundle/inference.py: input X does not exist."``) count too.
+    """
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, InputError):
+            return str(err)
+        if type(err) is ValueError and str(err).startswith("bundle/"):  # the project's "bundle/x.py: rule" errors
             return str(err)
         match = re.search(r"(?:bundle\.validation\.)?InputError: (.+)", str(err))
         if match:

@@ -332,3 +332,27 @@ def test_cli_prints_one_clear_line(ct_dataset, tmp_path):
     assert "Traceback" not in proc.stderr
     proc = subprocess.run(cmd[:-6] + ["--epohcs", "3"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "InputError: unknown config id --epohcs" in proc.stderr
+
+
+def test_error_hook_prints_one_line_for_input_errors(capsys, monkeypatch):
+    from bundle.validation import install_error_hook
+
+    calls = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(a))
+    install_error_hook()
+    try:
+        try:
+            raise InputError("image x.nii.gz is 2D: fix it")
+        except InputError as err:
+            raise RuntimeError("applying transform <ValidateVolumed>") from err
+    except RuntimeError as wrapped:
+        sys.excepthook(RuntimeError, wrapped, wrapped.__traceback__)
+    assert capsys.readouterr().err.startswith("InputError: image x.nii.gz is 2D: fix it\n") and calls == []
+    project = ValueError("bundle/inference.py: input /x does not exist.")
+    assert root_input_error(RuntimeError("Failed to instantiate")) is None
+    wrapped = RuntimeError("Failed to instantiate")
+    wrapped.__cause__ = project
+    assert root_input_error(wrapped) == "bundle/inference.py: input /x does not exist."
+    bug = KeyError("x")
+    sys.excepthook(KeyError, bug, None)  # not an input error: the normal hook prints the traceback
+    assert len(calls) == 1 and calls[0][1] is bug
