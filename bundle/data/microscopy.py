@@ -46,6 +46,9 @@ __all__ = [
     "build_datalist",
     "fold_items",
     "write_fold_files",
+    "STARDIST_SHA256",
+    "fetch_stardist_images",
+    "build_stardist_demo",
 ]
 
 OFFICIAL_SEED = 999  # Config.py: seed = 999, KFold(random_state=seed)
@@ -411,3 +414,128 @@ def write_fold_files(datalist: str, out_dir: Optional[str] = None) -> List[str]:
             f.write("\n".join(names) + "\n")
         paths.append(path)
     return paths
+
+
+# --- Real-image demo: the stardist 0.9.2 nuclei image (2018 Data Science Bowl) -----------------------------------
+
+STARDIST_VERSION = "0.9.2"
+STARDIST_SHA256 = {
+    "img2d.tif": "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750",
+    "mask2d.tif": "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f",
+}
+_STARDIST_MEMBER = "stardist/data/images/"
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch_stardist_images(cache: str) -> Dict[str, str]:
+    """Fetches ``img2d.tif``/``mask2d.tif`` from the stardist 0.9.2 package (PyPI via pip) and checks their sha256.
+
+    ``pip download stardist==0.9.2 --no-deps`` brings a wheel or the sdist, whichever pip picks for this platform;
+    both contain ``stardist/data/images/``. Only the two files are extracted, and only after their hashes match.
+
+    Args:
+        cache: folder for the package and the extracted files (reused when already there).
+
+    Returns:
+        ``{"img2d.tif": path, "mask2d.tif": path}``.
+    """
+    import glob
+    import subprocess
+    import sys
+    import tarfile
+    import zipfile
+
+    os.makedirs(cache, exist_ok=True)
+    out = {name: os.path.join(cache, name) for name in STARDIST_SHA256}
+    if all(os.path.isfile(p) and _sha256_bytes(open(p, "rb").read()) == STARDIST_SHA256[n] for n, p in out.items()):
+        return out
+    archives = glob.glob(os.path.join(cache, f"stardist-{STARDIST_VERSION}*"))
+    if not archives:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"stardist=={STARDIST_VERSION}", "-d", cache]
+        subprocess.run(cmd, check=True)
+        archives = glob.glob(os.path.join(cache, f"stardist-{STARDIST_VERSION}*"))
+    if not archives:
+        raise ValueError(
+            f"bundle/data/microscopy.py: pip download of stardist=={STARDIST_VERSION} left no file in {cache}."
+        )
+    archive = sorted(archives)[0]
+    for name, digest in STARDIST_SHA256.items():
+        if archive.endswith(".whl"):
+            with zipfile.ZipFile(archive) as z:
+                data = z.read(_STARDIST_MEMBER + name)
+        else:
+            with tarfile.open(archive) as tar:
+                member = next(m for m in tar.getmembers() if m.name.endswith(_STARDIST_MEMBER + name))
+                data = tar.extractfile(member).read()
+        if _sha256_bytes(data) != digest:
+            raise ValueError(
+                f"bundle/data/microscopy.py: {name} in {archive} has sha256 {_sha256_bytes(data)}, expected {digest}; "
+                f"delete {cache} and fetch stardist=={STARDIST_VERSION} again."
+            )
+        tmp = out[name] + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out[name])
+    return out
+
+
+def build_stardist_demo(dest: str, cache: str, val_rows: int = 128) -> str:
+    """Splits the stardist nuclei image: left half trains (minus a validation strip), right half tests.
+
+    The 512×512 fluorescence image (uint16 file, values 0–235, written here as lossless 8-bit PNGs) and its
+    instance mask (125 nuclei, binarised) are cut into: ``train`` = left half without its bottom ``val_rows`` rows,
+    ``val`` = that bottom strip of the left half (model selection / early stopping), ``test`` = the right half,
+    never used before the final evaluation. The datalist has two "folds" (0 = the validation strip), so the
+    ordinary configs run with ``--fold 0``.
+
+    Args:
+        dest: output folder (``imagesTr``, ``labelsTr``, ``imagesTs``, ``labelsTs``, ``dataset.json``).
+        cache: where the stardist package and the two TIFFs are kept.
+        val_rows: height of the validation strip.
+
+    Returns:
+        Path of the datalist.
+    """
+    import tifffile
+    from PIL import Image
+
+    files = fetch_stardist_images(cache)
+    img, mask = tifffile.imread(files["img2d.tif"]), tifffile.imread(files["mask2d.tif"])
+    if img.max() > 255:  # not the case for the pinned file (max 235); keep the demo general
+        img = img.astype(np.float64) * 255.0 / img.max()
+    img, mask = img.astype(np.uint8), ((mask > 0) * 255).astype(np.uint8)
+    h, w = img.shape
+    half = w // 2
+    parts = {
+        "train": (img[: h - val_rows, :half], mask[: h - val_rows, :half], "Tr"),
+        "val": (img[h - val_rows :, :half], mask[h - val_rows :, :half], "Tr"),
+        "test": (img[:, half:], mask[:, half:], "Ts"),
+    }
+    items = {}
+    for name, (im, ma, sub) in parts.items():
+        os.makedirs(os.path.join(dest, f"images{sub}"), exist_ok=True)
+        os.makedirs(os.path.join(dest, f"labels{sub}"), exist_ok=True)
+        Image.fromarray(im).save(os.path.join(dest, f"images{sub}", f"nuclei_{name}.png"))
+        Image.fromarray(ma).save(os.path.join(dest, f"labels{sub}", f"nuclei_{name}.png"))
+        items[name] = {"image": f"images{sub}/nuclei_{name}.png", "label": f"labels{sub}/nuclei_{name}.png"}
+    datalist = {
+        "name": f"stardist {STARDIST_VERSION} nuclei demo (2018 Data Science Bowl image)",
+        "layout": "stardist-demo",
+        "num_folds": 2,
+        "seed": None,
+        "fold_rule": (
+            f"left half rows 0..{h - val_rows - 1} train (fold 1), left half rows {h - val_rows}..{h - 1} "
+            f"validate (fold 0), right half = test; run with --fold 0"
+        ),
+        "training": [dict(items["train"], fold=1), dict(items["val"], fold=0)],
+        "test": [items["test"]],
+    }
+    path = os.path.join(dest, "dataset.json")
+    with open(path, "w") as f:
+        json.dump(datalist, f, indent=1)
+    return path
