@@ -67,13 +67,18 @@ class EpochSeed:
             set_rnd(loader.dataset, seed)  # with workers, MONAI's worker_init_fn seeds them from torch's RNG
 
 
+def _keep(filename: str) -> None:
+    """``DiskSaver.remove`` replacement for fixed file names (see :class:`AtomicCheckpointSaver`)."""
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI ``CheckpointSaver`` whose files are written to a temporary name in ``save_dir`` and renamed.
 
     MONAI 1.6.1 builds Ignite's ``DiskSaver`` with ``atomic=False`` (for group-read permissions, which Ignite's
     atomic path also sets), so a kill during ``torch.save`` leaves a truncated ``checkpoint_*.pt``; this turns the
-    atomic path back on. Ignite deletes the oldest file *before* writing the next one, so keep ``n_saved ≥ 2``
-    for interval checkpoints: one complete file always exists. Same arguments as ``CheckpointSaver``.
+    atomic path back on. Ignite deletes the oldest file *before* writing the next one: for fixed names (best model,
+    final checkpoint) that deletion is skipped (the rename replaces the file), and interval checkpoints need
+    ``n_saved ≥ 2`` so that one complete file always exists. Same arguments as ``CheckpointSaver``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -81,3 +86,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler._atomic = True
+                if getattr(ckpt.save_handler, "filename", None) is not None:
+                    # fixed name (best model, final): the atomic replace is the removal; deleting first would
+                    # leave no file if the process died during the save
+                    ckpt.save_handler.remove = _keep

@@ -101,3 +101,48 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(ct_dataset, tmp_pat
     assert final["trainer"]["iteration"] == 12 and final["lr_scheduler"]["last_epoch"] == 12
     for key, value in reference_final["model"].items():
         torch.testing.assert_close(final["model"][key], value, rtol=0, atol=1e-6)
+
+
+def test_atomic_checkpoint_saver_never_leaves_a_truncated_or_missing_file(tmp_path, monkeypatch):
+    """A save that dies half-way (disk full, kill) leaves the previous complete file under the final name and no
+    temporary file; MONAI's own CheckpointSaver (atomic=False) leaves a truncated file."""
+    from ignite.engine import Engine, Events
+    from monai.handlers import CheckpointSaver
+
+    from bundle.engine import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    engine.state.metrics = {"dice": 0.5}
+    best = AtomicCheckpointSaver(
+        str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="dice", key_metric_filename="model.pt"
+    )
+    best.attach(engine)
+    engine.fire_event(Events.EPOCH_COMPLETED)  # first best model
+    files = os.listdir(tmp_path)
+    assert files == ["model.pt"]
+    good = torch.load(tmp_path / files[0], weights_only=True)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(10) if hasattr(f, "truncate") else open(f, "r+b").truncate(10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with torch.no_grad():
+        net.weight += 1
+    engine.state.metrics = {"dice": 0.9}
+    with pytest.raises(OSError):
+        engine.fire_event(Events.EPOCH_COMPLETED)  # a better model, but the save dies
+    assert os.listdir(tmp_path) == files  # old file kept, no temporary left
+    torch.testing.assert_close(torch.load(tmp_path / files[0], weights_only=True)["weight"], good["weight"])
+
+    plain = tmp_path / "monai"
+    saver = CheckpointSaver(str(plain), {"model": net}, save_interval=1)
+    saver.attach(engine)
+    with pytest.raises(OSError):
+        engine.fire_event(Events.EPOCH_COMPLETED)
+    (name,) = [f for f in os.listdir(plain)]
+    with pytest.raises(Exception):  # the truncated file under the final name that the atomic saver avoids
+        torch.load(plain / name, weights_only=True)
