@@ -53,6 +53,10 @@ class AxialSliceInferer(Inferer):
         tta: average the softmax over the 4 flips of :data:`TTA_FLIPS` (each output flipped back).
         networks: checkpoint ensemble (e.g. from :func:`load_checkpoints`) used **instead of** the network the
             engine passes; their softmax probabilities are averaged. ``None`` or empty: the engine's network.
+        backend: ``"eager"`` runs the network(s) as given; ``"auto"``, ``"onnx"`` or ``"compile"`` wrap each one
+            once with :func:`bundle.perf.optimize_for_inference` (CPU fp32 ``"auto"``: ONNX Runtime, 0.65× the
+            official code's time per slice, ``docs/performance.md``). Wrapping happens at the first call and is
+            kept per network object, so use it for inference only, never while the weights still change.
 
     With one network and no TTA the argmax is taken on the raw logits (bit-identical to earlier releases);
     otherwise on ``log(mean softmax)``, whose argmax is that of the averaged probabilities.
@@ -68,6 +72,7 @@ class AxialSliceInferer(Inferer):
         resample: str = "smooth",
         tta: bool = False,
         networks: Optional[Sequence[Callable[..., torch.Tensor]]] = None,
+        backend: str = "eager",
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
@@ -77,6 +82,15 @@ class AxialSliceInferer(Inferer):
                 f"bundle/inference.py: resample must be one of {_RESAMPLE_MODES}, got {resample!r}; set "
                 "`resample` in configs/inference.yaml or configs/evaluate.yaml (or --resample on the command line)."
             )
+        from .perf import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"bundle/inference.py: backend must be one of {BACKENDS}, got {backend!r}; set `backend` in "
+                "configs/inference.yaml (or --backend on the command line)."
+            )
+        self.backend = backend
+        self._accelerated: Dict[int, tuple] = {}
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_batch_size = int(sw_batch_size)
         self.normalise = normalise
@@ -108,6 +122,16 @@ class AxialSliceInferer(Inferer):
                 p = torch.flip(p, dims) if dims else p
                 total = p if total is None else total.add_(p)
         return total / (len(networks) * len(flips))
+
+    def _accelerate(self, net: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``net`` wrapped once by :func:`bundle.perf.optimize_for_inference` (``backend`` other than eager)."""
+        if self.backend == "eager" or not isinstance(net, torch.nn.Module):
+            return net
+        if id(net) not in self._accelerated:  # the network is kept beside its wrapper so its id stays unique
+            from .perf import optimize_for_inference
+
+            self._accelerated[id(net)] = (net, optimize_for_inference(net, backend=self.backend))
+        return self._accelerated[id(net)][1]
 
     def _to_roi(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked)."""
@@ -141,7 +165,7 @@ class AxialSliceInferer(Inferer):
             raise ValueError(f"bundle/inference.py: expected (B, C, H, W, D) volumes, got {tuple(inputs.shape)}.")
         b, c, h, w, d = inputs.shape
         device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
-        networks = self.networks or [network]
+        networks = [self._accelerate(net) for net in (self.networks or [network])]
         out = torch.zeros((b, 1, h, w, d), dtype=torch.uint8)
         chunks = range(0, d, self.sw_batch_size)
         if self.progress:

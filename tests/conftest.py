@@ -12,6 +12,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the bundle root, as the zoo CI does for bundles with custom code
+# inference.yaml's default backend exports each new network to ONNX once: with a random network per test that is
+# only cost; the ONNX path is checked by tests/test_perf_equivalence.py (subprocesses inherit this)
+os.environ.setdefault("MSA2NET_INFERENCE_BACKEND", "eager")
 
 
 def make_volume(path_img, path_lab, shape=(40, 36, 3), seed=0, affine=None):

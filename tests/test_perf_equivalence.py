@@ -143,3 +143,21 @@ def test_cuda_eager(net_and_ref, dtype):
         assert (out - ref).abs().max() <= 1e-2  # TF32 convolutions may be on; still far under a logit
     else:
         _check_low_precision(out, ref)
+
+
+@pytest.mark.skipif(not _has_ort(), reason="onnxruntime not installed")
+def test_slice_inferer_backend_auto_matches_eager(net_and_ref, onnx_cache, monkeypatch):
+    """configs/inference.yaml's ``backend: auto`` (ONNX Runtime on CPU) writes the eager labels."""
+    from bundle.inference import AxialSliceInferer
+
+    monkeypatch.setenv("MSA2NET_ONNX_CACHE", str(onnx_cache))  # same weights as above: the export is reused
+    net, _, _ = net_and_ref
+    volume = torch.rand(1, 1, 60, 50, 3, generator=torch.Generator().manual_seed(2))
+    eager = AxialSliceInferer(sw_batch_size=2)(volume, _fresh_copy(net))
+    inferer = AxialSliceInferer(sw_batch_size=2, backend="auto")
+    fast = inferer(volume, _fresh_copy(net))
+    assert [type(w).__name__ for _, w in inferer._accelerated.values()] == ["OnnxInference"]
+    assert fast.shape == eager.shape == (1, 1, 60, 50, 3) and fast.dtype == torch.uint8
+    assert len(torch.unique(eager)) > 1 and (fast == eager).float().mean() > 0.999
+    with pytest.raises(ValueError, match="backend must be one of"):
+        AxialSliceInferer(backend="tensorrt")
