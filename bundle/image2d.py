@@ -516,6 +516,8 @@ class SaveMask2Dd(MapTransform):
         overlay: also write ``<stem>_overlay.png``: prediction contour (blue) over the original image.
         ref_key: key whose meta names the source file when the prediction carries none.
         foreground_value: grey value of foreground in binary masks.
+        label_key: if given and present (evaluation), its mask, resized back the same way, is drawn in the
+            overlay too (green).
     """
 
     def __init__(
@@ -527,8 +529,10 @@ class SaveMask2Dd(MapTransform):
         overlay: bool = False,
         ref_key: str = "image",
         foreground_value: int = 255,
+        label_key: Optional[str] = None,
     ) -> None:
         super().__init__(keys)
+        self.label_key = label_key
         self.output_dir, self.postfix, self.overwrite = output_dir, postfix, overwrite
         self.overlay, self.ref_key, self.foreground_value = overlay, ref_key, int(foreground_value)
 
@@ -543,6 +547,17 @@ class SaveMask2Dd(MapTransform):
             "with image2d_transforms so the size can be restored."
         )
 
+    @staticmethod
+    def _restore(x, h: int, w: int) -> np.ndarray:
+        """(1, h', w') label map → (h, w) uint8 by nearest neighbour."""
+        t = torch.as_tensor(x).detach().float().cpu()
+        if t.ndim == 2:
+            t = t[None]
+        if t.shape[0] != 1:
+            raise ValueError(f"bundle/image2d.py: SaveMask2Dd needs a (1, H, W) label map, got {tuple(t.shape)}.")
+        t = F.interpolate(t[None], size=(h, w), mode="nearest-exact")[0, 0]
+        return t.round().clamp(0, 255).to(torch.uint8).numpy()
+
     def __call__(self, data: Mapping) -> Dict:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -555,19 +570,14 @@ class SaveMask2Dd(MapTransform):
                 d[f"{key}_path"] = dst
                 continue
             h, w = self._original_shape(pred, d)
-            t = torch.as_tensor(pred).detach().float().cpu()
-            if t.ndim == 2:
-                t = t[None]
-            if t.shape[0] != 1:
-                raise ValueError(f"bundle/image2d.py: SaveMask2Dd needs a (1, H, W) label map, got {tuple(t.shape)}.")
-            t = F.interpolate(t[None], size=(h, w), mode="nearest-exact")[0, 0]
-            arr = t.round().clamp(0, 255).to(torch.uint8).numpy()
+            arr = self._restore(pred, h, w)
             if arr.max() <= 1:
                 arr = arr * np.uint8(self.foreground_value)
             _atomic_save_png(arr, dst)
             d[f"{key}_path"] = dst
             if self.overlay and os.path.isfile(src):
-                save_overlay_png(src, None, mask_output_path(src, self.output_dir, "overlay"), pred=arr)
+                truth = self._restore(d[self.label_key], h, w) if self.label_key in d else None
+                save_overlay_png(src, truth, mask_output_path(src, self.output_dir, "overlay"), pred=arr)
         return d
 
 

@@ -56,6 +56,12 @@ def test_round_trip_png_original_size_and_orientation(tmp_path):
     overlay = np.asarray(Image.open(tmp_path / "out" / "x_overlay.png"))
     assert overlay.shape == (173, 251, 3)
     assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
+    # with the truth (evaluation): an empty prediction leaves only the green truth contour
+    out["pred"] = torch.zeros(1, 224, 224)
+    SaveMask2Dd(output_dir=str(tmp_path / "ev"), overlay=True, label_key="label")(out)
+    ov = np.asarray(Image.open(tmp_path / "ev" / "x_overlay.png")).reshape(-1, 3)
+    green, blue = (ov == (0, 255, 0)).all(1).sum(), (ov == (0, 0, 255)).all(1).sum()
+    assert green > 2 * (173 // 2 - 173 // 8) and blue == 0
 
 
 def test_save_mask_skips_existing_unless_overwrite(tmp_path):
