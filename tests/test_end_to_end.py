@@ -3,8 +3,8 @@ train (2 iterations) → checkpoints → resume → evaluate → inference (NIfT
 
 import glob
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
