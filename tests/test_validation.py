@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -356,3 +357,25 @@ def test_error_hook_prints_one_line_for_input_errors(capsys, monkeypatch):
     bug = KeyError("x")
     sys.excepthook(KeyError, bug, None)  # not an input error: the normal hook prints the traceback
     assert len(calls) == 1 and calls[0][1] is bug
+
+
+def test_training_config_refuses_unwritable_output_dir_before_building_anything(ct_dataset, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")  # a file where a folder should be (root ignores permission bits, not this)
+    cfg = os.path.join(ROOT, "configs")
+    wf = ConfigWorkflow(
+        config_file=os.path.join(cfg, "train.yaml"),
+        meta_file=os.path.join(cfg, "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=ROOT,
+        dataset_dir=str(ct_dataset),
+        output_dir=str(blocker / "run"),
+    )
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert re.match(r"ckpt_dir .*a_file/run/checkpoints is not writable .*--ckpt_dir", root_input_error(err.value))
+    assert not os.path.exists(tmp_path / "a_file" / "run")
