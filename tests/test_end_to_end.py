@@ -1,5 +1,6 @@
 """Tiny end-to-end run through `python -m monai.bundle run` with the real MSA2Net on CPU:
-train (2 iterations) → checkpoints → resume → evaluate → inference (NIfTI shape/affine = input's); gloo DDP."""
+train (2 iterations) → checkpoints → resume → evaluate → inference (NIfTI shape/affine = input's); gloo DDP.
+Inference at scale (tiny network): bad cases skipped and reported, non-axial input, RSS flat over 50 cases."""
 
 import glob
 import json
