@@ -67,6 +67,7 @@ __all__ = [
     "BinarizeMaskd",
     "Resize2Dd",
     "LogitsToMaskd",
+    "RestoreOriginalSized",
     "SaveMask2Dd",
     "image2d_transforms",
     "image2d_augmentation",
@@ -433,6 +434,44 @@ class LogitsToMaskd(MapTransform):
                 d[key] = (torch.sigmoid(x.float()) > self.threshold).float()
             else:
                 d[key] = x.argmax(dim=0, keepdim=True).float()
+        return d
+
+
+class RestoreOriginalSized(MapTransform):
+    """Moves evaluation to each image's original resolution: prediction resized back, truth re-read from its file.
+
+    The literature scores ISIC2018 at 224² (the default here); the ISIC challenge scores at the original size.
+    Use after :class:`LogitsToMaskd`: the (1, h, w) prediction is resized with nearest neighbour to the image's
+    ``original_spatial_shape``, and the mask is loaded again from ``label.meta["filename_or_obj"]`` (binarised,
+    not resized), so the metrics count every original pixel.
+
+    Args:
+        keys: prediction keys.
+        label_key: truth key (its meta names the mask file).
+        ref_key: image key (its meta holds the original shape).
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", label_key: str = "label", ref_key: str = "image") -> None:
+        super().__init__(keys)
+        self.label_key, self.ref_key = label_key, ref_key
+        self.load = Compose([LoadImage2Dd(keys=label_key, as_label=True), BinarizeMaskd(keys=label_key)])
+
+    def __call__(self, data: Mapping) -> Dict:
+        d = dict(data)
+        h, w = SaveMask2Dd(ref_key=self.ref_key)._original_shape(None, d)
+        for key in self.key_iterator(d):
+            d[key] = torch.from_numpy(SaveMask2Dd._restore(d[key], h, w).astype(np.float32))[None]
+        if self.label_key in d:
+            path = _meta(d[self.label_key]).get("filename_or_obj")
+            if not path:
+                raise ValueError("bundle/image2d.py: the label has no filename_or_obj meta to re-read it from.")
+            label = self.load({self.label_key: str(path)})[self.label_key]
+            if tuple(label.shape[-2:]) != (h, w):
+                raise ValueError(
+                    f"bundle/image2d.py: mask {path} is {tuple(label.shape[-2:])} but its image "
+                    f"{_filename(None, d, self.ref_key)} is {(h, w)}; a mask must have its image's size."
+                )
+            d[self.label_key] = label
         return d
 
 

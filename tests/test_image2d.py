@@ -15,6 +15,7 @@ from bundle.image2d import (
     IMAGENET_STD,
     BinarySegmentationReport,
     LogitsToMaskd,
+    RestoreOriginalSized,
     SaveMask2Dd,
     image2d_augmentation,
     image2d_transforms,
@@ -245,3 +246,18 @@ def test_binary_report_numbers(tmp_path):
     rows = (tmp_path / "per_image.csv").read_text().splitlines()
     assert rows[0].startswith("image,tp,fp,tn,fn") and len(rows) == 3
     assert json.loads((tmp_path / "metrics.json").read_text())["pooled"]["n_images"] == 2
+
+
+def test_restore_original_size_for_evaluation(tmp_path):
+    img, mask = _rgb_and_mask(97, 143)
+    Image.fromarray(img).save(tmp_path / "r.jpg")
+    Image.fromarray(mask).save(tmp_path / "r_seg.png")
+    out = image2d_transforms()({"image": str(tmp_path / "r.jpg"), "label": str(tmp_path / "r_seg.png")})
+    out["pred"] = out["label"].clone()
+    back = RestoreOriginalSized()(out)
+    assert back["pred"].shape == (1, 97, 143) and back["label"].shape == (1, 97, 143)
+    np.testing.assert_array_equal(back["label"][0].numpy(), mask > 0)  # truth re-read, not resized twice
+    assert (back["pred"][0].numpy() == (mask > 0)).mean() > 0.99
+    Image.fromarray(mask[:50]).save(tmp_path / "r_seg.png")  # a mask of another size than its image
+    with pytest.raises(ValueError, match=r"r_seg.png is \(50, 143\) but its image .*r.jpg is \(97, 143\)"):
+        RestoreOriginalSized()(out)

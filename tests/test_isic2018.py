@@ -272,6 +272,12 @@ def test_train_evaluate_infer_sigmoid(isic, tmp_path):
     for i in split["test"]:  # --save_masks: original size
         h, w = SIZES[int(i[-7:])]
         assert np.asarray(Image.open(out / "eval" / "masks" / f"{i}_mask.png")).shape == (h, w)
+    # --eval_size original: every original pixel counted once
+    _bundle(["evaluating", "--config_file", _cfg(EVAL), *common, "--num_workers", "0", "--eval_size", "original"])
+    with open(out / "eval" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    pixels = {r["image"]: sum(int(r[k]) for k in ("tp", "fp", "tn", "fn")) for r in rows}
+    assert pixels == {i + ".jpg": np.prod(SIZES[int(i[-7:])]) for i in split["test"]}
 
     # inference on a folder of JPG + PNG (RGBA) of various sizes → masks and overlays at the original size
     src = tmp_path / "new"
