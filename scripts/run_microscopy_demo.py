@@ -67,7 +67,7 @@ def main(
     data: str = "demo_data/microscopy",
     cache: str = os.path.join(os.path.expanduser("~"), ".cache", "msa2net-bundle", "stardist-0.9.2"),
     threads: int = 2,
-) -> dict:
+) -> None:
     """Runs the demo; writes ``<out>/demo_results.json``, ``<out>/overlay.png`` and the test mask.
 
     The learning rate follows one cosine from ``learning_rate`` to 1e-4 over the run (``lr_cycle = epochs``) instead
@@ -136,7 +136,6 @@ def main(
         f"\nforeground Dice on the right half (test, 256×512): {dice:.3f}   IoU {scores['iou']:.3f}\n"
         f"wall time {total:.0f} s (fetch {t_fetch:.0f} s, train {t_train:.0f} s); overlay: {result['overlay']}"
     )
-    return result
 
 
 if __name__ == "__main__":
