@@ -365,8 +365,10 @@ class PerImageScores:
                 )
             self.preds.append(p > 0.5)
             self.truths.append(t > 0.5)
-            meta = getattr(truth, "meta", {}) or getattr(pred, "meta", {})
-            self.names.append(os.path.basename(str(meta.get("filename_or_obj", f"image_{len(self.names)}"))))
+            name = None
+            for src in (item.get("image"), truth, pred):  # the input image's name first
+                name = name or (getattr(src, "meta", None) or {}).get("filename_or_obj")
+            self.names.append(os.path.basename(str(name or f"image_{len(self.names)}")))
 
     def compute(self) -> Dict[str, Any]:
         """Means and per-image values of everything seen since :meth:`reset`."""
