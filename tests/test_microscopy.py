@@ -409,6 +409,13 @@ def test_configs_parse_and_keep_test_out_of_training(tmp_path):
     va = {i["image"] for i in p.get_parsed_content("validate#datalist")}
     test = {os.path.join(str(data), i["image"]) for i in json.load(open(data / "dataset.json"))["test"]}
     assert tr and va and not tr & va and not (tr | va) & test
+    # the official per-epoch learning rates (T_0 = 10 stepped twice per epoch, sa2net_official.md §4.1), then a restart
+    sched, opt = p.get_parsed_content("train#lr_scheduler"), p.get_parsed_content("optimizer")
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    np.testing.assert_allclose(lrs, [1.0e-3, 9.141e-4, 6.891e-4, 4.109e-4, 1.859e-4, 1.0e-3], atol=1e-7)
     # model selection and early stopping read the validation evaluator's metric only
     saver = [h for h in p.get_parsed_content("validate#handlers") if type(h).__name__ == "CheckpointSaver"][0]
     assert saver._key_metric_checkpoint is not None and saver._interval_checkpoint is None  # best only, not last
