@@ -755,9 +755,10 @@ class BinarySegmentationReport:
         if self.paper:
             lines.append([self.paper.get("method", "paper"), *(self.paper.get(k) for k in self.COLUMNS)])
         n = self.summary["pooled"]["n_images"]
-        lines.append([f"this run, pooled pixels ({n} images)", *(self.summary["pooled"][k] for k in self.COLUMNS)])
+        count = f"{n} image" + ("s" if n != 1 else "")
+        lines.append([f"this run, pooled pixels ({count})", *(self.summary["pooled"][k] for k in self.COLUMNS)])
         if self.per_image:
             mean = self.summary["per_image_mean"]
-            lines.append([f"this run, per-image mean ({n} images)", *(mean[k] for k in self.COLUMNS)])
+            lines.append([f"this run, per-image mean ({count})", *(mean[k] for k in self.COLUMNS)])
         body = "".join(f"| {row[0]} | " + " | ".join(cell(v) for v in row[1:]) + " |\n" for row in lines)
         return head + body
