@@ -15,9 +15,9 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,6 +26,9 @@ import fire
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bundle.data.demo import sha256  # noqa: E402
+
 NAME = "msa2net_synapse_ct_segmentation"
 INCLUDE_DIRS = ["bundle", "configs", "docs", "scripts"]
 INCLUDE_FILES = ["LICENSE", "README.md", "large_files.yml", "pyproject.toml", "models/README.md"]
@@ -44,17 +47,9 @@ def _files():
             yield ROOT / f
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_large_files(weights: Path, url: str, dest: Path = ROOT / "large_files.yml") -> Path:
     """``large_files.yml`` in the zoo's format: where ``models/model.pt`` is hosted and its sha256."""
-    entry = {"path": WEIGHTS, "url": url, "hash_val": _sha256(weights), "hash_type": "sha256"}
+    entry = {"path": WEIGHTS, "url": url, "hash_val": sha256(str(weights)), "hash_type": "sha256"}
     text = yaml.safe_dump({"large_files": [entry]}, sort_keys=False)
     tmp = dest.with_suffix(".tmp")
     tmp.write_text(text)
