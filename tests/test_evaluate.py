@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -76,9 +77,14 @@ def _check_protocol(values, post, pred, truth):
 def test_evaluate_report_equals_protocol_and_lcc_rows(ct_dataset, tmp_path):
     net = _conv(0)
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    values, summary, md = _evaluate(ct_dataset, tmp_path / "run", ckpt_path=str(tmp_path / "model.pt"), lcc=True)
+    values, summary, md = _evaluate(
+        ct_dataset, tmp_path / "run", ckpt_path=str(tmp_path / "model.pt"), lcc=True, save_pred=True
+    )
     image, truth = _case(ct_dataset)
     pred = _official_test_single_volume(image, net)
+    saved = nib.load(tmp_path / "run" / "eval" / "pred" / "vol0_seg.nii.gz")  # --save_pred: the raw label map
+    assert np.array_equal(np.asarray(saved.dataobj), pred)
+    assert np.allclose(saved.affine, nib.load(ct_dataset / "images" / "vol0.nii.gz").affine)
     assert len(set(np.unique(pred)) & set(np.unique(truth)) - {0}) >= 1  # some organ is hit: a real comparison
     _check_protocol(values, "raw", pred, truth)
     _check_protocol(values, "LCC", np.asarray(keep_largest_component(pred[None]))[0], truth)
@@ -117,7 +123,6 @@ def test_evaluate_tta_ensemble_equals_direct_average(ct_dataset, tmp_path):
 
 def test_inference_config_ensemble_tta_lcc(ct_dataset, tmp_path):
     """configs/inference.yaml with ckpt_paths + tta + lcc writes LCC(argmax(bilinear(log mean softmax)))."""
-    import nibabel as nib
     import torch.nn.functional as F
 
     nets = [_conv(3), _conv(4)]
