@@ -209,9 +209,9 @@ def load_checkpoints(
                 "--ckpt_paths \"['runs/fold0/model.pt','runs/fold1/model.pt']\", or leave ckpt_paths empty to "
                 "use ckpt_path."
             )
-        state = torch.load(str(path), map_location=map_location, weights_only=True)
-        if isinstance(state.get("model"), dict):  # a training checkpoint (CheckpointSaver with several objects)
-            state = state["model"]
+        from .validation import check_checkpoint  # weights_only; InputError for another network/variant/classes
+
+        state = check_checkpoint(str(path), {"model": network}, map_location)["model"]  # bare or training ckpt
         member = copy.deepcopy(network)
         member.load_state_dict(state)
         member.eval()
