@@ -244,6 +244,10 @@ def test_checkpoint_class_count_network_and_garbage(tmp_path):
     torch.save(_Net(classes=14).state_dict(), tmp_path / "c14.pt")
     with pytest.raises(InputError, match=r"c14.pt was trained for 14 classes .* builds 9 .*--num_classes 14"):
         check_checkpoint(str(tmp_path / "c14.pt"), {"model": _Net()})
+    from bundle.inference import load_checkpoints  # ensemble members (ckpt_paths) go through the same check
+
+    with pytest.raises(InputError, match=r"c14.pt was trained for 14 classes"):
+        load_checkpoints(_Net(), [str(tmp_path / "c14.pt")])
     torch.save(_Net(width=8).state_dict(), tmp_path / "wide.pt")
     with pytest.raises(InputError, match=r"wide.pt is for another network or variant .* of other shapes.*--variant"):
         check_checkpoint(str(tmp_path / "wide.pt"), {"model": _Net()})
