@@ -315,6 +315,11 @@ def list_volumes(
     """
     paths: List[str] = []
     if not input and datalist:
+        if not os.path.isfile(datalist):
+            raise ValueError(
+                f"bundle/inference.py: no --input given and datalist {datalist} does not exist: pass --input "
+                "<file|folder|list> or --datalist <decathlon JSON>."
+            )
         with open(datalist) as f:
             items = json.load(f).get(data_list_key)
         if items is None:
