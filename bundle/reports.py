@@ -194,6 +194,11 @@ def _markdown(summary: dict, class_names, paper) -> str:
     ]
     if summary.get("run"):
         lines.append("Evaluated: " + ", ".join(f"{k} = {v}" for k, v in summary["run"].items()) + ".\n")
+        if summary["run"].get("resample", "protocol") != "protocol":
+            lines.append(
+                f"Resampling is **{summary['run']['resample']}**, not the protocol's zoom order 3 / order 0: the "
+                "scoring rules are the protocol's, the label maps are not the ones the published protocol scores.\n"
+            )
     if post:
         lines.append(
             "Rows: **raw** = the network's label map; "

@@ -238,6 +238,10 @@ def test_handler_reports_postprocessed_rows_beside_raw(tmp_path):
     assert float(lcc_row.split("|")[-2]) == pytest.approx(s["postprocessed"]["LCC"]["protocol"]["mean_hd95"], abs=0.006)
     assert float(raw_row.split("|")[-2]) == pytest.approx(s["protocol"]["mean_hd95"], abs=0.006)
     assert "## Clinical mode, raw" in md and "## Clinical mode, LCC" in md
+    assert "Resampling is" not in md  # protocol resampling: no warning
+    handler.run_info = {"resample": "smooth"}
+    handler.write()
+    assert "Resampling is **smooth**, not the protocol's" in (tmp_path / "table1.md").read_text()
 
     import importlib.util
 
