@@ -189,7 +189,7 @@ def load_checkpoints(
     """One eval-mode copy of ``network`` per checkpoint (folds/seeds), for :class:`AxialSliceInferer` ``networks``.
 
     Accepts what this bundle writes: the best-model file (a bare ``state_dict``) and full training checkpoints
-    (``{"model": state_dict, "optimizer": ...}``). Each copy holds all weights (MSA²Net: ~0.26 GB in fp32).
+    (``{"model": state_dict, "optimizer": ...}``). Each copy holds all weights (MSA²Net ``paper``: ~0.3 GB in fp32).
 
     Args:
         network: the instantiated network (architecture and device are copied from it; its weights are unchanged).
