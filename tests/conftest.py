@@ -4,8 +4,6 @@ import json
 import os
 import sys
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
@@ -19,19 +17,9 @@ os.environ.setdefault("MSA2NET_INFERENCE_BACKEND", "eager")
 
 def make_volume(path_img, path_lab, shape=(40, 36, 3), seed=0, affine=None):
     """Writes a synthetic CT (HU) and its label map (two organs) on a non-trivial affine."""
-    rng = np.random.default_rng(seed)
-    img = rng.normal(-50, 60, shape).astype(np.float32)
-    lab = np.zeros(shape, np.uint8)
-    h, w = shape[:2]
-    lab[h // 4 : h // 2, w // 4 : w // 2] = 5
-    lab[h // 2 : 3 * h // 4, w // 2 : 3 * w // 4, 1:] = 1
-    img[lab > 0] += 150
-    if affine is None:
-        affine = np.diag([0.8, 0.7, 3.0, 1.0])
-        affine[:3, 3] = [-10.0, 5.0, 20.0]
-    nib.save(nib.Nifti1Image(img, affine), path_img)
-    nib.save(nib.Nifti1Image(lab, affine), path_lab)
-    return path_img, path_lab
+    from bundle.data.synthetic import write_synthetic_case
+
+    return write_synthetic_case(path_img, path_lab, shape=shape, seed=seed, affine=affine)
 
 
 class TinySegNet(torch.nn.Module):
