@@ -56,10 +56,13 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from .data import datalist_image_paths
+
 __all__ = [
     "IMAGE_EXTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "imagenet_normalise",
     "Image2DReader",
     "LoadImage2Dd",
     "ScaleTo01d",
@@ -355,6 +358,13 @@ def image2d_augmentation(keys: Sequence[str] = ("image", "label"), label_key: st
     )
 
 
+def imagenet_normalise(keys: KeysCollection) -> NormalizeIntensityd:
+    """Per-channel ImageNet mean/std on [0, 1] RGB (the statistics timm's encoders were pretrained with)."""
+    return NormalizeIntensityd(
+        keys=keys, subtrahend=np.asarray(IMAGENET_MEAN), divisor=np.asarray(IMAGENET_STD), channel_wise=True
+    )
+
+
 def image2d_transforms(
     keys: Sequence[str] = ("image", "label"),
     size: int = 224,
@@ -397,11 +407,7 @@ def image2d_transforms(
     if augment:
         steps.append(image2d_augmentation(keys, label_key))
     if normalize == "imagenet":
-        steps.append(
-            NormalizeIntensityd(
-                keys=images, subtrahend=np.asarray(IMAGENET_MEAN), divisor=np.asarray(IMAGENET_STD), channel_wise=True
-            )
-        )
+        steps.append(imagenet_normalise(images))
     steps.append(EnsureTyped(keys=keys, dtype="float32", track_meta=True))
     return Compose(steps)
 
@@ -650,14 +656,7 @@ def list_images(
     exts = tuple(e.lower() for e in exts)
     paths: List[str] = []
     if not input and datalist:
-        with open(datalist) as f:
-            items = json.load(f).get(data_list_key)
-        if items is None:
-            raise ValueError(f"bundle/image2d.py: datalist {datalist} has no {data_list_key!r} section.")
-        root = base_dir or os.path.dirname(os.path.abspath(datalist))
-        for item in items:
-            rel = item["image"] if isinstance(item, dict) else item
-            paths.append(rel if os.path.isabs(rel) else os.path.join(root, rel))
+        paths = datalist_image_paths(datalist, data_list_key, base_dir, origin="bundle/image2d.py")
     else:
         for entry in [input] if isinstance(input, (str, os.PathLike)) else list(input or []):
             entry = str(entry)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import glob
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -30,6 +29,8 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from scipy.ndimage import zoom
+
+from .data import datalist_image_paths
 
 __all__ = ["AxialSliceInferer", "SaveLabelNiftid", "TTA_FLIPS", "list_volumes", "load_checkpoints", "output_path"]
 
@@ -315,19 +316,7 @@ def list_volumes(
     """
     paths: List[str] = []
     if not input and datalist:
-        if not os.path.isfile(datalist):
-            raise ValueError(
-                f"bundle/inference.py: no --input given and datalist {datalist} does not exist: pass --input "
-                "<file|folder|list> or --datalist <decathlon JSON>."
-            )
-        with open(datalist) as f:
-            items = json.load(f).get(data_list_key)
-        if items is None:
-            raise ValueError(f"bundle/inference.py: datalist {datalist} has no {data_list_key!r} section.")
-        root = base_dir or os.path.dirname(os.path.abspath(datalist))
-        for item in items:
-            rel = item["image"] if isinstance(item, dict) else item
-            paths.append(rel if os.path.isabs(rel) else os.path.join(root, rel))
+        paths = datalist_image_paths(datalist, data_list_key, base_dir, origin="bundle/inference.py")
     else:
         for entry in [input] if isinstance(input, str) else list(input or []):
             if os.path.isdir(entry):

@@ -35,7 +35,6 @@ from monai.transforms import (
     EnsureTyped,
     Identity,
     MapTransform,
-    NormalizeIntensityd,
     OneOf,
     RandFlipd,
     RandRotate90d,
@@ -45,15 +44,7 @@ from monai.transforms import (
 )
 from torch import nn
 
-from bundle.image2d import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BinarizeMaskd,
-    EnsureChannels2Dd,
-    LoadImage2Dd,
-    Resize2Dd,
-    ScaleTo01d,
-)
+from bundle.image2d import BinarizeMaskd, EnsureChannels2Dd, LoadImage2Dd, Resize2Dd, ScaleTo01d, imagenet_normalise
 
 __all__ = [
     "build_network",
@@ -187,11 +178,7 @@ def microscopy_transforms(
     if augment:
         steps.append(official_augmentation(keys, label_key))
     if normalize == "imagenet":
-        steps.append(
-            NormalizeIntensityd(
-                keys=images, subtrahend=np.asarray(IMAGENET_MEAN), divisor=np.asarray(IMAGENET_STD), channel_wise=True
-            )
-        )
+        steps.append(imagenet_normalise(images))
     steps.append(EnsureTyped(keys=keys, dtype="float32", track_meta=True))
     return Compose(steps)
 
