@@ -1,7 +1,7 @@
 """The README's first command: fetch the real-CT demo, train MSA²Net briefly through the bundle CLI, segment the
 held-out slices, print per-organ Dice and write an overlay PNG.
 
-Usage: python scripts/run_demo.py [--epochs 24] [--batch_size 2] [--slices_per_epoch 10] [--optimizer adamw|sgd] [--out runs/demo]
+Usage: python scripts/run_demo.py [--epochs 40] [--batch_size 2] [--slices_per_epoch 10] [--optimizer adamw|sgd] [--out runs/demo]
 Every step is an ordinary bundle command (printed before it runs); the demo's labels are TotalSegmentator model
 outputs, not manual annotations, and the held-out slices neighbour training slices (see bundle/data/demo.py).
 """
@@ -69,7 +69,7 @@ optimizer:
 
 
 def main(
-    epochs: int = 24,
+    epochs: int = 40,
     batch_size: int = 2,
     slices_per_epoch: int = 10,
     optimizer: str = "adamw",
