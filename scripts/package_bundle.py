@@ -92,9 +92,8 @@ def main(out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", w
             f"No weights ({weights_path}) and no large_files.yml: the zip would carry no weights. "
             "Train first, or pass --weights <checkpoint>."
         )
-    extra = {} if weights_url else {WEIGHTS: weights_path}
-    if ts_path.is_file():
-        extra["models/model.ts"] = ts_path
+    # hosted weights: no file over the zoo's 1 MB limit goes into the zip (export model.ts after download)
+    extra = {} if weights_url else {WEIGHTS: weights_path, "models/model.ts": ts_path}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_v{version}.zip"
