@@ -9,13 +9,14 @@ the split, training, evaluation and inference end to end (docs/isic2018.md).
 """
 
 import os
+import sys
 
 import fire
 import numpy as np
 from PIL import Image
 
-IMAGES_DIR = "ISIC2018_Task1-2_Training_Input"  # as bundle.data.isic (kept importable without the bundle)
-MASKS_DIR = "ISIC2018_Task1_Training_GroundTruth"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bundle.data.isic import IMAGES_DIR, MASKS_DIR, synthetic_lesion  # noqa: E402
 
 
 def main(dst: str = "data/isic_synthetic", n: int = 12, seed: int = 0) -> None:
@@ -27,20 +28,9 @@ def main(dst: str = "data/isic_synthetic", n: int = 12, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for i in range(n):
         h, w = int(rng.integers(150, 320)), int(rng.integers(180, 360))
-        yy, xx = np.mgrid[:h, :w]
-        cy, cx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
-        ry, rx = h * rng.uniform(0.15, 0.3), w * rng.uniform(0.15, 0.3)
-        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        img = np.empty((h, w, 3))
-        img[:] = (205, 160, 140)
-        img[mask] = (95, 55, 45)
-        img += rng.normal(0, 8, img.shape)
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
-            os.path.join(dst, IMAGES_DIR, f"ISIC_{i:07d}.jpg"), quality=95
-        )
-        Image.fromarray((mask * 255).astype(np.uint8)).save(
-            os.path.join(dst, MASKS_DIR, f"ISIC_{i:07d}_segmentation.png")
-        )
+        img, mask = synthetic_lesion(h, w, rng)
+        Image.fromarray(img).save(os.path.join(dst, IMAGES_DIR, f"ISIC_{i:07d}.jpg"), quality=95)
+        Image.fromarray(mask).save(os.path.join(dst, MASKS_DIR, f"ISIC_{i:07d}_segmentation.png"))
     print(dst)
 
 

@@ -23,6 +23,7 @@ from bundle.data.isic import (
     find_pairs,
     prepare_isic2018,
     split_ids,
+    synthetic_lesion,
 )
 from bundle.image2d import BinarySegmentationReport
 from bundle.losses import BoundaryDoULoss
@@ -37,16 +38,7 @@ SIZES = [(150, 200), (231, 180), (197, 305), (240, 240), (160, 290), (283, 171),
 
 def make_lesion(h, w, seed):
     """An RGB "dermoscopy" image (skin tone + noise) with a dark elliptical lesion, and its 0/255 mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
-    ry, rx = h * rng.uniform(0.15, 0.3), w * rng.uniform(0.15, 0.3)
-    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-    img = np.empty((h, w, 3))
-    img[:] = (205, 160, 140)
-    img[mask] = (95, 55, 45)
-    img += rng.normal(0, 8, img.shape)
-    return img.clip(0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
+    return synthetic_lesion(h, w, np.random.default_rng(seed))
 
 
 def write_layout(root, sizes=SIZES):

@@ -24,6 +24,7 @@ __all__ = [
     "find_pairs",
     "split_ids",
     "prepare_isic2018",
+    "synthetic_lesion",
 ]
 
 ISIC2018_SPLIT = (1815, 259, 520)  # train, validation, test over the 2594 Task 1 training images
@@ -190,3 +191,27 @@ def prepare_isic2018(
     path = os.path.join(dst, "dataset.json")
     atomic_write_text(path, json.dumps(datalist, indent=1) + "\n")
     return path
+
+
+def synthetic_lesion(h: int, w: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A stand-in "dermoscopy" image for tests and smoke runs: skin tone + noise with one dark elliptical lesion.
+
+    Not a dermoscopy image: it only exercises loading, the split, training, evaluation and inference.
+
+    Args:
+        h: height in pixels.
+        w: width in pixels.
+        rng: random generator (lesion centre and radii, then the noise, are drawn from it in that order).
+
+    Returns:
+        ``(image, mask)``: uint8 RGB (h, w, 3) and the lesion as a uint8 0/255 mask (h, w).
+    """
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
+    ry, rx = h * rng.uniform(0.15, 0.3), w * rng.uniform(0.15, 0.3)
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    img = np.empty((h, w, 3))
+    img[:] = (205, 160, 140)
+    img[mask] = (95, 55, 45)
+    img += rng.normal(0, 8, img.shape)
+    return img.clip(0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
