@@ -35,7 +35,7 @@ import io
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "imagenet_normalise",
+    "load_steps",
     "Image2DReader",
     "LoadImage2Dd",
     "ScaleTo01d",
@@ -365,6 +366,34 @@ def imagenet_normalise(keys: KeysCollection) -> NormalizeIntensityd:
     )
 
 
+def load_steps(
+    keys: Sequence[str], label_key: str, channels: int, normalize: Optional[str]
+) -> Tuple[List[str], List[str], List[Any]]:
+    """The shared head of every 2D pipeline: load, binarise the mask, [0, 1] intensities, channel count.
+
+    Args:
+        keys: image key(s) and, when present, ``label_key``.
+        label_key: the mask key.
+        channels: network input channels (gray images are repeated, RGBA loses alpha).
+        normalize: ``"imagenet"`` (needs 3 channels), ``"minmax"`` (per image) or ``None``/``"none"`` (by dtype);
+            only ``minmax`` acts here, ImageNet statistics come after augmentation (:func:`imagenet_normalise`).
+
+    Returns:
+        ``(image_keys, label_keys, steps)``.
+    """
+    if normalize not in ("imagenet", "minmax", None, "none"):
+        raise ValueError(f"bundle/image2d.py: normalize must be 'imagenet', 'minmax' or None, got {normalize!r}.")
+    if normalize == "imagenet" and channels != 3:
+        raise ValueError(f"bundle/image2d.py: ImageNet normalisation needs 3 channels, got channels={channels}.")
+    images = [k for k in keys if k != label_key]
+    labels = [k for k in keys if k == label_key]
+    steps: List[Any] = [LoadImage2Dd(keys=images)]
+    if labels:
+        steps += [LoadImage2Dd(keys=labels, as_label=True), BinarizeMaskd(keys=labels)]
+    steps += [ScaleTo01d(keys=images, minmax=normalize == "minmax"), EnsureChannels2Dd(keys=images, channels=channels)]
+    return images, labels, steps
+
+
 def image2d_transforms(
     keys: Sequence[str] = ("image", "label"),
     size: int = 224,
@@ -390,20 +419,8 @@ def image2d_transforms(
         Compose producing float32 ``(channels, size, size)`` images and ``(1, size, size)`` {0, 1} masks.
     """
     keys = list(keys)
-    images = [k for k in keys if k != label_key]
-    labels = [k for k in keys if k == label_key]
-    if normalize not in ("imagenet", "minmax", None, "none"):
-        raise ValueError(f"bundle/image2d.py: normalize must be 'imagenet', 'minmax' or None, got {normalize!r}.")
-    if normalize == "imagenet" and channels != 3:
-        raise ValueError(f"bundle/image2d.py: ImageNet normalisation needs 3 channels, got channels={channels}.")
-    steps: List[Any] = [LoadImage2Dd(keys=images)]
-    if labels:
-        steps += [LoadImage2Dd(keys=labels, as_label=True), BinarizeMaskd(keys=labels)]
-    steps += [
-        ScaleTo01d(keys=images, minmax=normalize == "minmax"),
-        EnsureChannels2Dd(keys=images, channels=channels),
-        Resize2Dd(keys=keys, size=size, label_keys=labels),
-    ]
+    images, labels, steps = load_steps(keys, label_key, channels, normalize)
+    steps.append(Resize2Dd(keys=keys, size=size, label_keys=labels))
     if augment:
         steps.append(image2d_augmentation(keys, label_key))
     if normalize == "imagenet":

@@ -44,7 +44,7 @@ from monai.transforms import (
 )
 from torch import nn
 
-from bundle.image2d import BinarizeMaskd, EnsureChannels2Dd, LoadImage2Dd, Resize2Dd, ScaleTo01d, imagenet_normalise
+from bundle.image2d import Resize2Dd, imagenet_normalise, load_steps
 
 __all__ = [
     "build_network",
@@ -156,16 +156,9 @@ def microscopy_transforms(
         ``crops_per_image`` samples when cropping).
     """
     keys = list(keys)
-    images = [k for k in keys if k != label_key]
-    labels = [k for k in keys if k == label_key]
     if mode not in ("resize", "native"):
         raise ValueError(f"bundle/microscopy.py: input mode must be 'resize' or 'native', got {mode!r}.")
-    if normalize not in ("imagenet", "minmax", None, "none"):
-        raise ValueError(f"bundle/microscopy.py: normalize must be None, 'minmax' or 'imagenet', got {normalize!r}.")
-    steps: List[Any] = [LoadImage2Dd(keys=images)]
-    if labels:
-        steps += [LoadImage2Dd(keys=labels, as_label=True), BinarizeMaskd(keys=labels)]
-    steps += [ScaleTo01d(keys=images, minmax=normalize == "minmax"), EnsureChannels2Dd(keys=images, channels=channels)]
+    images, labels, steps = load_steps(keys, label_key, channels, normalize)
     if mode == "resize":
         steps.append(Resize2Dd(keys=keys, size=size, label_keys=labels))
     elif crop_size:

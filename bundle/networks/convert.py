@@ -167,10 +167,15 @@ def convert_official_state_dict(
     return converted, report
 
 
-def _check_against_model(converted: Mapping[str, torch.Tensor], variant: str, out_channels: int) -> None:
-    expected = MSA2Net(in_channels=3, out_channels=out_channels, variant=variant).state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor]) -> List[str]:
+    """What keeps ``converted`` from loading strictly into a model whose state dict is ``expected``.
+
+    Returns:
+        Readable counts with examples (missing keys, unexpected keys, keys of other shapes), in model order;
+        empty when a strict load would succeed.
+    """
+    missing = [k for k in expected if k not in converted]
+    unexpected = [k for k in converted if k not in expected]
     wrong = [
         f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in expected
@@ -183,6 +188,12 @@ def _check_against_model(converted: Mapping[str, torch.Tensor], variant: str, ou
         problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
     if wrong:
         problems.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
+    return problems
+
+
+def _check_against_model(converted: Mapping[str, torch.Tensor], variant: str, out_channels: int) -> None:
+    expected = MSA2Net(in_channels=3, out_channels=out_channels, variant=variant).state_dict()
+    problems = state_dict_mismatch(expected, converted)
     if problems:
         raise ValueError(
             f"The checkpoint does not match MSA2Net variant '{variant}' with {out_channels} classes: "

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .convert import state_dict_mismatch
 from .sa2net import SA2Net
 
 __all__ = ["SA2NetConversionReport", "read_checkpoint", "rename_official_key", "convert_official_state_dict"]
@@ -213,20 +214,7 @@ def _check_against_model(converted: Mapping[str, torch.Tensor], report: SA2NetCo
         expected = SA2Net(
             report.in_channels, report.out_channels, report.base_channels, report.deep_supervision
         ).state_dict()
-    missing = [k for k in expected if k not in converted]
-    unexpected = [k for k in converted if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in converted and converted[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
-    if wrong:
-        problems.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
+    problems = state_dict_mismatch(expected, converted)
     if problems:
         raise ValueError(
             f"The checkpoint does not fit SA2Net(in_channels={report.in_channels}, out_channels="
