@@ -4,4 +4,4 @@ Configs refer to this package as ``bundle.…``; run commands from the repositor
 the bundle root on ``PYTHONPATH``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -63,7 +63,9 @@ class EpochSeed:
         seed = (self.seed + 1000003 * int(engine.state.epoch)) % (2**32)
         set_determinism(seed=seed)
         loader = getattr(engine, "data_loader", None)
-        if loader is not None and getattr(loader, "num_workers", 0) == 0:
+        if hasattr(loader, "set_epoch"):  # bundle.slice_table.SliceBatches: the epoch's slices and augmentation
+            loader.set_epoch(int(engine.state.epoch))
+        elif loader is not None and getattr(loader, "num_workers", 0) == 0:
             set_rnd(loader.dataset, seed)  # with workers, MONAI's worker_init_fn seeds them from torch's RNG
 
 

@@ -9,9 +9,11 @@ holds full-volume float logits (9·512²·300·4 B = 2.8 GB). Two resampling mod
 * ``resample="smooth"`` (the inferer's default) -- torch bicubic in, scores bilinear back to the slice size, argmax
   there (smoother organ borders than a nearest-neighbour zoom of a 224² label map).
 
-Optional flip test-time augmentation (``tta``) and checkpoint ensembles (``networks``, see
-:func:`load_checkpoints`) average **softmax probabilities** per chunk. No spatial transform touches the volume
-itself, so the label map is on exactly the input grid (shape and affine), with nothing to invert.
+With ``pixel_size`` set, both modes sample each slice onto a grid of that physical pixel size instead
+(:func:`bundle.geometry.network_grid_theta`) and map back with its inverse. Optional flip test-time augmentation
+(``tta``) and checkpoint ensembles (``networks``, see :func:`load_checkpoints`) average **softmax probabilities** per
+chunk. The label map comes out on the canonically oriented grid of the preprocessing (flips/permutations only); the
+configs' ``Invertd`` puts it back on the input's stored grid before :class:`SaveLabelNiftid` writes it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from monai.utils import convert_to_dst_type
 from scipy.ndimage import zoom
 
 from .data import datalist_image_paths
+from .geometry import check_pixel_size, inplane_spacing, network_grid_theta, to_network_grid
 
 __all__ = ["AxialSliceInferer", "SaveLabelNiftid", "TTA_FLIPS", "list_volumes", "load_checkpoints", "output_path"]
 
@@ -58,6 +61,10 @@ class AxialSliceInferer(Inferer):
             once with :func:`bundle.perf.optimize_for_inference` (CPU fp32 ``"auto"``: ONNX Runtime, 0.65× the
             official code's time per slice, ``docs/performance.md``). Wrapping happens at the first call and is
             kept per network object, so use it for inference only, never while the weights still change.
+        pixel_size: ``None`` resizes whole slices to ``roi_size`` (official); a size in mm samples each slice onto
+            ``roi_size`` pixels of that size centred on the slice (:func:`bundle.geometry.network_grid_theta`, the
+            training mapping) and maps the scores back with its inverse; outside the field of view is background.
+            The slice's pixel size comes from the input's meta affine.
 
     With one network and no TTA the argmax is taken on the raw logits (bit-identical to earlier releases);
     otherwise on ``log(mean softmax)``, whose argmax is that of the averaged probabilities.
@@ -74,6 +81,7 @@ class AxialSliceInferer(Inferer):
         tta: bool = False,
         networks: Optional[Sequence[Callable[..., torch.Tensor]]] = None,
         backend: str = "eager",
+        pixel_size: Optional[float] = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
@@ -100,6 +108,7 @@ class AxialSliceInferer(Inferer):
         self.resample = resample
         self.tta = bool(tta)
         self.networks = list(networks or [])
+        self.pixel_size = check_pixel_size(pixel_size)
 
     def scores(self, x: torch.Tensor, networks: Sequence[Callable[..., torch.Tensor]], *args: Any, **kwargs: Any):
         """Per-class scores (N, K, h, w) of network-ready slices ``x`` (N, C, h, w), argmax-equivalent to the average.
@@ -134,10 +143,16 @@ class AxialSliceInferer(Inferer):
             self._accelerated[id(net)] = (net, optimize_for_inference(net, backend=self.backend))
         return self._accelerated[id(net)][1]
 
-    def _to_roi(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked)."""
+    def _to_roi(self, x: torch.Tensor, device: torch.device, spacing: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked).
+
+        ``spacing`` (N, 2) mm: the physical-pixel-size grid (``pixel_size``, :func:`bundle.geometry.to_network_grid`:
+        anti-aliased, bicubic), in both modes.
+        """
         h, w = x.shape[-2:]
-        if self.resample == "protocol":
+        if spacing is not None:
+            x = to_network_grid(x.to(device), spacing, self.pixel_size, self.roi_size, "bicubic")[0]
+        elif self.resample == "protocol":
             if (h, w) != self.roi_size:  # official: zoom(slice, (224 / x, 224 / y), order=3), skipped at 224²
                 factors = (self.roi_size[0] / h, self.roi_size[1] / w)
                 arr = x.detach().cpu().numpy()
@@ -149,8 +164,20 @@ class AxialSliceInferer(Inferer):
             x = F.interpolate(x.to(device), size=self.roi_size, mode="bicubic", align_corners=False)
         return (x - 0.5) / 0.5 if self.normalise else x
 
-    def _to_labels(self, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(N, K, h', w') scores at ``roi_size`` → (N, H, W) uint8 labels on the slice grid."""
+    def _to_labels(self, scores: torch.Tensor, h: int, w: int, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, K, h', w') scores at ``roi_size`` → (N, H, W) uint8 labels on the slice grid.
+
+        With ``theta`` the inverse mapping takes the scores (smooth: bilinear) or the argmax labels (protocol:
+        nearest) back; outside the field of view every score is 0, whose argmax is background (class 0).
+        """
+        if theta is not None:
+            inverse = torch.zeros_like(theta)
+            inverse[:, 0, 0], inverse[:, 1, 1] = 1.0 / theta[:, 0, 0], 1.0 / theta[:, 1, 1]
+            protocol = self.resample == "protocol"
+            src = scores.argmax(1, keepdim=True).float() if protocol else scores
+            grid = F.affine_grid(inverse.to(src.device), [src.shape[0], src.shape[1], h, w], align_corners=False)
+            back = F.grid_sample(src, grid, mode="nearest" if protocol else "bilinear", align_corners=False)
+            return (back[:, 0] if protocol else back.argmax(1)).to(torch.uint8)
         if self.resample == "protocol":
             labels = scores.argmax(1).to(torch.uint8).cpu()
             if (h, w) != self.roi_size:  # official: zoom(out, (x / 224, y / 224), order=0)
@@ -158,7 +185,27 @@ class AxialSliceInferer(Inferer):
                 labels = torch.from_numpy(np.stack([zoom(sl, factors, order=0) for sl in labels.numpy()]))
             return labels
         scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
-        return scores.argmax(1).to(torch.uint8).cpu()
+        return scores.argmax(1).to(torch.uint8)
+
+    def _spacings(self, inputs: torch.Tensor, b: int) -> Optional[torch.Tensor]:
+        """(B, 2) in-plane pixel sizes (mm) from the volumes' affines, or ``None`` (whole-slice resize)."""
+        if self.pixel_size is None:
+            return None
+        affine = getattr(inputs, "affine", None)
+        if affine is None:
+            raise ValueError(
+                "pixel_size needs the volume's affine (a MONAI MetaTensor from LoadImaged) to know its pixel size; "
+                "load the volumes with the bundle's preprocessing, or set pixel_size to None."
+            )
+        affine = torch.as_tensor(affine).reshape(-1, 4, 4)
+        affine = affine.expand(b, 4, 4) if affine.shape[0] == 1 else affine
+        return torch.tensor([inplane_spacing(a) for a in affine], dtype=torch.float64)
+
+    def _theta(self, spacing: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(N, 2, 3) network-grid matrices of slices of size (h, w) with the given pixel sizes."""
+        return torch.stack(
+            [network_grid_theta((h, w), tuple(sp.tolist()), self.pixel_size, self.roi_size) for sp in spacing]
+        )
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         """Segments ``inputs`` (B, C, H, W, D) slice by slice; returns uint8 labels (B, 1, H, W, D)."""
@@ -167,7 +214,9 @@ class AxialSliceInferer(Inferer):
         b, c, h, w, d = inputs.shape
         device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
         networks = [self._accelerate(net) for net in (self.networks or [network])]
-        out = torch.zeros((b, 1, h, w, d), dtype=torch.uint8)
+        spacings = self._spacings(inputs, b)
+        # labels stay on a CUDA device until the volume is done (no host round trip per chunk; 52 MB for 512²×200)
+        out = torch.zeros((b, 1, h, w, d), dtype=torch.uint8, device=device if device.type == "cuda" else "cpu")
         chunks = range(0, d, self.sw_batch_size)
         if self.progress:
             from tqdm import tqdm
@@ -177,9 +226,11 @@ class AxialSliceInferer(Inferer):
             for z0 in chunks:
                 z1 = min(z0 + self.sw_batch_size, d)
                 x = torch.as_tensor(inputs[..., z0:z1]).permute(0, 4, 1, 2, 3).reshape(-1, c, h, w).float()
-                scores = self.scores(self._to_roi(x, device), networks, *args, **kwargs)
-                labels = self._to_labels(scores, h, w)  # (B·n, H, W); scores freed per chunk
-                out[:, 0, :, :, z0:z1] = labels.reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
+                spacing = None if spacings is None else spacings.repeat_interleave(z1 - z0, dim=0)  # x is (B·n, …)
+                theta = None if spacing is None else self._theta(spacing, h, w)
+                scores = self.scores(self._to_roi(x, device, spacing), networks, *args, **kwargs)
+                labels = self._to_labels(scores, h, w, theta)  # (B·n, H, W); scores freed per chunk
+                out[:, 0, :, :, z0:z1] = labels.to(out.device).reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
         result, *_ = convert_to_dst_type(out, inputs, dtype=torch.uint8)  # keeps the input's meta/affine
         return result
 
@@ -241,6 +292,9 @@ def _reference_header(image_path: str) -> Optional[nib.Nifti1Header]:
 class SaveLabelNiftid(MapTransform):
     """Writes ``key`` (1, H, W, D) as a uint8 NIfTI with the input's shape and affine, atomically.
 
+    The prediction must be back in the input's storage order (MONAI ``Invertd`` of the preprocessing, which undoes
+    the canonical reorientation); a prediction of another shape is refused rather than written misplaced.
+
     The affine is the one MONAI loaded (RAS, as nibabel reports it for NIfTI; converted from LPS by the ITK
     reader for NRRD/DICOM). For NIfTI input the source header (qform/sform codes, zooms) is copied too.
 
@@ -265,11 +319,14 @@ class SaveLabelNiftid(MapTransform):
             dst = output_path(str(src), self.output_dir, self.postfix)
             if os.path.exists(dst) and not self.overwrite:
                 continue
-            from .transforms import RestoreAxesd  # undo AxialLastd: the input's axis order (original_affine)
-
-            pred = RestoreAxesd(keys="x")({"x": pred})["x"]
             arr = np.asarray(pred.detach().cpu().numpy() if torch.is_tensor(pred) else pred)
             arr = arr[0].astype(np.uint8)
+            stored = tuple(int(s) for s in np.asarray(meta.get("spatial_shape", arr.shape)).ravel())
+            if arr.shape != stored:  # a config that forgot Invertd would write a mask the input's affine misplaces
+                raise ValueError(
+                    f"the prediction for {src} has shape {arr.shape} but the input is stored as {stored}: put "
+                    "Invertd (transform: the preprocessing) before SaveLabelNiftid in the config's postprocessing."
+                )
             affine = np.asarray(meta.get("original_affine", meta.get("affine")), dtype=np.float64)
             header = _reference_header(str(src))
             img = nib.Nifti1Image(arr, affine, header=header)

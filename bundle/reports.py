@@ -442,6 +442,12 @@ def select_slices(truth, pred, label: int, axis: int = -1) -> dict | None:
     return {"best": (int(idx[best]), float(dsc[best])), "worst": (int(idx[worst]), float(dsc[worst]))}
 
 
+def orientation_letters(ax, color: str = "orange") -> None:
+    """Marks a radiological axial view: A (top), P (bottom), R (left edge), L (right edge)."""
+    for text, x, y in (("A", 0.5, 0.97), ("P", 0.5, 0.03), ("R", 0.02, 0.5), ("L", 0.98, 0.5)):
+        ax.text(x, y, text, color=color, fontsize=9, fontweight="bold", ha="center", va="center", transform=ax.transAxes)
+
+
 def plot_overlay(
     image,
     truth,
@@ -455,8 +461,10 @@ def plot_overlay(
 ) -> Path:
     """Save one 2D slice: gray image, ground-truth contours (solid) and prediction contours (dashed) per organ.
 
-    Arrays are (H, W) slices of an (H, W, D) volume, shown transposed with the origin at the bottom (NIfTI
-    voxel order, as ITK-SNAP shows RAS data). The PNG is exactly ``size_px`` x ``size_px`` pixels.
+    Arrays are axial slices in radiological order (rows toward posterior, columns toward the patient's left: a
+    ``PLS`` volume from :func:`bundle.geometry.reorient_array`), drawn as they are with the orientation letters at the
+    edges, so the patient's left is on the image's right whatever the file's storage order. The PNG is exactly
+    ``size_px`` x ``size_px`` pixels.
 
     Args:
         image: 2D intensity slice.
@@ -474,14 +482,14 @@ def plot_overlay(
         raise ValueError(f"image, truth and pred must be 2D slices of one shape, got {image.shape}, {truth.shape}")
     fig = plt.figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
     ax = fig.add_axes([0, 0, 1, 1])
-    ax.imshow(image.T, cmap="gray", origin="lower")
+    ax.imshow(image, cmap="gray")
     handles = []
     for i, (c, n) in enumerate(zip(labels, class_names)):
         color = ORGAN_COLORS[i % len(ORGAN_COLORS)]
         shown = False
         for mask, style in ((truth == c, "solid"), (pred == c, "dashed")):
             if mask.any() and not mask.all():
-                ax.contour(mask.T.astype(float), levels=[0.5], colors=[color], linestyles=style, linewidths=1.2)
+                ax.contour(mask.astype(float), levels=[0.5], colors=[color], linestyles=style, linewidths=1.2)
                 shown = True
         if shown:
             handles.append(Line2D([], [], color=color, label=n))
@@ -492,6 +500,7 @@ def plot_overlay(
     ax.legend(handles=handles, loc="upper right", fontsize=6, facecolor="black", labelcolor="white", framealpha=0.6)
     if title:
         ax.text(0.01, 0.99, title, color="yellow", fontsize=7, va="top", transform=ax.transAxes)
+    orientation_letters(ax)
     ax.set_axis_off()
     _save_fig(fig, path)
     return Path(path)

@@ -1,11 +1,13 @@
 """CT preprocessing, slice sampling from cached volumes and the MSA²Net augmentation list, as MONAI transforms.
 
-The volume stage (load, HU window) is deterministic and cached by ``CacheDataset``; the slice stage (sample axial
-slices, resize to 224², augment, normalise) runs every iteration. Axial = the last array axis as MONAI loads
-NIfTI/NRRD/DICOM (``[C, H, W, D]``) after :class:`AxialLastd` has moved the array axis closest to the patient's
-superior–inferior direction last (a no-op for axial scans; a sagittal or coronal acquisition is sliced axially,
-and :class:`RestoreAxesd` puts predictions back in the input's axis order). Nothing is resampled or flipped, so
-labels stay on the image grid. Every case is checked by ``bundle.validation`` (see ``docs/operations.md``).
+The volume stage (load, check, canonical orientation, HU window) is deterministic and cached by ``CacheDataset``;
+the slice stage (sample axial slices, map them to the 224² network grid, augment, normalise) runs every iteration.
+Every volume is first turned into one canonical storage order with MONAI's ``Orientationd`` (default ``PLS``: rows
+toward the patient's posterior, columns toward the patient's left, slices last -- the official weights' layout,
+``docs/orientation.md``), so the same patient stored RAS, LPS (DICOM/ITK), LAS or sagittally gives the network the
+same slices. It only flips and permutes axes: nothing is resampled, labels stay on the image grid, and ``Invertd``
+puts predictions back on the input's grid. The slice-to-grid mapping (whole-slice resize, or a fixed physical pixel
+size) is :class:`NetworkGridd`. Every case is checked by ``bundle.validation`` (see ``docs/operations.md``).
 
 Augmentation (official ``iaa.SomeOf((0, 4), [...], random_order=True)``, ``msa2net_official.md`` §6.1), each
 member always applied when drawn:
@@ -34,7 +36,6 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from monai.transforms import (
     Compose,
@@ -42,6 +43,7 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     NormalizeIntensityd,
+    Orientationd,
     Rand2DElasticd,
     RandAffined,
     RandFlipd,
@@ -55,12 +57,12 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from .validation import LoadVolumed, ValidateVolumed, slice_axis
+from .geometry import DEFAULT_AXCODES, check_axcodes, check_pixel_size, inplane_spacing, to_network_grid
+from .validation import LoadVolumed, ValidateVolumed
 
 __all__ = [
     "HU_WINDOW",
-    "AxialLastd",
-    "RestoreAxesd",
+    "NetworkGridd",
     "ct_volume_transforms",
     "slice_transforms",
     "augmentation",
@@ -68,60 +70,35 @@ __all__ = [
 ]
 
 HU_WINDOW = (-125.0, 275.0)
-_PERM_KEY = "axial_permutation"  # meta entry "i,j,k": output axis n holds input axis perm[n]
 
 
-class AxialLastd(MapTransform):
-    """Moves the array axis closest to superior–inferior (from the image affine) last, on every key.
+class NetworkGridd(MapTransform):
+    """(C, H, W) slices onto the (C, size, size) network grid: image bicubic, label nearest.
 
-    Axial scans are unchanged. The permutation is recorded in the image meta (``axial_permutation``) and the meta
-    affine is updated, so :class:`RestoreAxesd` can give predictions the input's axis order back. Runs after
-    ``EnsureChannelFirstd`` on (C, X, Y, Z) arrays; no resampling, no flips.
+    ``pixel_size=None`` (official): the whole slice is resized (MONAI ``Resized``). A size in mm: the slice is
+    sampled onto ``size`` pixels of that size centred on the slice (:func:`bundle.geometry.network_grid_theta`, the
+    mapping the volume inferer inverts; images low-passed first where the network pixel is the larger, see
+    :func:`bundle.geometry.to_network_grid`), padding outside the slice with 0 (air after the HU window). The slice's
+    own pixel size comes from its meta affine.
     """
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        d = dict(data)
-        keys = [k for k in self.key_iterator(d)]
-        if not keys:
-            return d
-        affine = getattr(d[keys[0]], "affine", None)
-        axis = slice_axis(np.asarray(affine)) if affine is not None else 2
-        perm = [a for a in range(3) if a != axis] + [axis]
-        for key in keys:
-            img = d[key]
-            if perm != [0, 1, 2]:
-                img = img.permute(0, *[p + 1 for p in perm])
-                if hasattr(img, "meta"):
-                    aff = torch.as_tensor(img.meta["affine"]).clone()
-                    aff[:, :3] = aff[:, perm]
-                    img.meta["affine"] = aff
-            if hasattr(img, "meta"):
-                img.meta[_PERM_KEY] = ",".join(str(p) for p in perm)
-            d[key] = img
-        return d
-
-
-class RestoreAxesd(MapTransform):
-    """Inverse of :class:`AxialLastd` for predictions that carry its ``axial_permutation`` meta (C, ..., ...)."""
+    def __init__(self, keys: Sequence[str] = ("image", "label"), size: int = 224, pixel_size: Optional[float] = None):
+        super().__init__(keys)
+        self.size = int(size)
+        self.pixel_size = check_pixel_size(pixel_size)
+        self.modes = ["bicubic", "nearest"][: len(self.keys)]
+        self._resize = Resized(keys=self.keys, spatial_size=(self.size, self.size), mode=self.modes)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        if self.pixel_size is None:
+            return self._resize(data)
         d = dict(data)
-        for key in self.key_iterator(d):
+        for key, mode in zip(self.key_iterator(d), self.modes):
             img = d[key]
-            perm = getattr(img, "meta", {}).get(_PERM_KEY)
-            if isinstance(perm, (list, tuple)):  # collated meta
-                perm = perm[0]
-            if not perm or perm == "0,1,2":
-                continue
-            order = [int(p) for p in str(perm).split(",")]
-            inverse = list(np.argsort(order))
-            img = img.permute(0, *[int(i) + 1 for i in inverse])
-            if hasattr(img, "meta"):
-                aff = torch.as_tensor(img.meta["affine"]).clone()
-                aff[:, :3] = aff[:, [int(i) for i in inverse]]
-                img.meta["affine"] = aff
-                img.meta[_PERM_KEY] = "0,1,2"
-            d[key] = img
+            x = torch.as_tensor(img, dtype=torch.float32)[None]
+            spacing = torch.tensor([inplane_spacing(img.affine)])
+            out = to_network_grid(x, spacing, self.pixel_size, (self.size,) * 2, mode)[0][0]
+            d[key] = out.to(img.dtype) if mode == "nearest" else out
         return d
 
 
@@ -130,27 +107,28 @@ def ct_volume_transforms(
     reader: str | None = None,
     num_classes: Optional[int] = 9,
     validate: bool = True,
-    reorient: bool = True,
+    axcodes: str = DEFAULT_AXCODES,
 ) -> Compose:
-    """Deterministic volume stage: load, check, channel first, axial last, HU window [-125, 275] → [0, 1] (clipped).
+    """Deterministic volume stage: load, check, channel first, canonical orientation, HU window [-125, 275] → [0, 1].
 
     Args:
         keys: image key first, then an optional label key.
         reader: MONAI reader name (``ITKReader`` for DICOM series folders), ``None`` for MONAI's choice.
         num_classes: labels must lie in ``0..num_classes-1`` (``bundle.validation.ValidateVolumed``).
         validate: run the per-case checks (clear errors for bad files; NaN/inf replaced with a warning).
-        reorient: slice along the superior–inferior axis whatever the storage order (:class:`AxialLastd`).
+        axcodes: canonical storage order (``Orientationd``: flips/permutations, no resampling; invertible, so
+            ``Invertd`` puts predictions back on the input's grid). ``None`` keeps the stored order.
 
     Returns:
-        The Compose (cacheable).
+        The Compose (cacheable: every step is deterministic).
     """
     keys = list(keys)
     steps = [LoadVolumed(keys=keys, reader=reader, image_only=True)]
     if validate:
         steps.append(ValidateVolumed(keys=keys, num_classes=num_classes))
     steps.append(EnsureChannelFirstd(keys=keys))
-    if reorient:
-        steps.append(AxialLastd(keys=keys))
+    if axcodes is not None:
+        steps.append(Orientationd(keys=keys, axcodes=check_axcodes(axcodes), labels=None))
     steps += [
         ScaleIntensityRanged(keys=keys[0], a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
         EnsureTyped(keys=keys, dtype="float32", track_meta=True),
@@ -199,7 +177,11 @@ def normalise(keys: Sequence[str] = ("image",)) -> NormalizeIntensityd:
 
 
 def slice_transforms(
-    size: int = 224, slices_per_volume: int = 4, augment: bool = True, keys: Sequence[str] = ("image", "label")
+    size: int = 224,
+    slices_per_volume: int = 4,
+    augment: bool = True,
+    keys: Sequence[str] = ("image", "label"),
+    pixel_size: Optional[float] = None,
 ) -> Compose:
     """Random stage: sample axial slices from a cached (C, H, W, D) volume, resize, augment, normalise.
 
@@ -208,6 +190,7 @@ def slice_transforms(
         slices_per_volume: axial slices drawn per volume and visit (the DataLoader batch is volumes × this).
         augment: apply the official augmentation list.
         keys: image key, then label key.
+        pixel_size: network pixel size in mm, or ``None`` for the official whole-slice resize (:class:`NetworkGridd`).
 
     Returns:
         Compose producing a list of ``slices_per_volume`` dicts with (1, size, size) image in [-1, 1] and label.
@@ -216,7 +199,7 @@ def slice_transforms(
     steps = [
         RandSpatialCropSamplesd(keys=keys, roi_size=(-1, -1, 1), num_samples=slices_per_volume, random_size=False),
         SqueezeDimd(keys=keys, dim=-1),
-        Resized(keys=keys, spatial_size=(size, size), mode=["bicubic", "nearest"]),
+        NetworkGridd(keys=keys, size=size, pixel_size=pixel_size),
     ]
     if augment:
         steps.append(augmentation(size, keys))

@@ -39,6 +39,8 @@ __all__ = [
     "check_writable_dir",
     "LoadVolumed",
     "ValidateVolumed",
+    "check_affine",
+    "read_checkpoint",
     "check_checkpoint",
     "CheckedCheckpointLoader",
     "root_input_error",
@@ -205,6 +207,25 @@ def slice_axis(affine: np.ndarray) -> int:
     return axes[0] if axes else 2
 
 
+def check_affine(affine: Any, name: str) -> np.ndarray:
+    """The 4×4 voxel-to-world matrix of file ``name``, refused when it cannot place voxels in the patient.
+
+    Raises:
+        InputError: non-finite entries, a zero-length voxel axis, or a singular (flat) matrix.
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    fix = "repair the header (e.g. re-export from the DICOM, or copy a correct affine with nibabel) and run again"
+    if aff.shape != (4, 4) or not np.isfinite(aff).all():
+        raise InputError(f"image {name} has a NaN/inf or malformed voxel-to-world matrix (affine): {fix}.")
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    if (spacing < 1e-6).any():
+        raise InputError(f"image {name} has zero voxel spacing {np.round(spacing, 4).tolist()} in its affine: {fix}.")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-6 * float(np.prod(spacing)):
+        raise InputError(f"image {name} has a singular affine (its voxel axes are not independent): {fix}.")
+    return aff
+
+
+
 class ValidateVolumed(MapTransform):
     """Per-case checks after loading (before ``EnsureChannelFirstd``); raises :class:`InputError` naming the file.
 
@@ -274,6 +295,8 @@ class ValidateVolumed(MapTransform):
                 "split a 4D series (one phase per file) or keep one channel of a multi-channel image."
             )
         affine = meta.get("affine")
+        if affine is not None:
+            check_affine(affine, name)
         axis = slice_axis(np.asarray(affine)) if affine is not None else 2
         if min(spatial[i] for i in range(3) if i != axis) < self.min_size:
             raise InputError(
@@ -354,14 +377,18 @@ def _isnan(value) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def _read_checkpoint(path: str, map_location=None) -> Any:
+def read_checkpoint(path: str, map_location=None, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; :class:`InputError` naming the file and the fix on failure.
+
+    ``mmap=True`` maps the file instead of reading it (cheap when only a small entry such as ``geometry`` is needed).
+    """
     if not os.path.isfile(str(path)):
         raise InputError(
             f"checkpoint {path} does not exist: train first (configs/train.yaml writes models/model.pt), or give an "
             "existing file with --ckpt_path (official weights: scripts/convert_official.py)."
         )
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
+        return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
         glob = re.search(r"unsupported global:? (GLOBAL )?([\w.]+)", str(err), re.IGNORECASE)
         if glob:
@@ -389,7 +416,7 @@ def check_checkpoint(path: str, load_dict: Mapping[str, Any], map_location=None)
         InputError: missing / unreadable / unsafe file, missing objects, or model weights of another network,
             variant or class count.
     """
-    ckpt = _read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, map_location)
     if not isinstance(ckpt, Mapping):
         raise InputError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: give a state-dict checkpoint.")
     first = next(iter(load_dict))

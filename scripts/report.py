@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from bundle import reports  # noqa: E402
+from bundle.geometry import reorient_array  # noqa: E402
 from bundle.metrics import SYNAPSE_CLASSES  # noqa: E402
 
 
@@ -31,9 +32,9 @@ def overlays(image=None, label=None, pred=None, out_dir="overlays", datalist=Non
     """Best and worst axial slice per organ (by slice Dice) for one case or every case of a datalist JSON.
 
     Args:
-        image: CT NIfTI (H, W, D).
-        label: ground-truth label NIfTI, same grid.
-        pred: predicted label NIfTI, same grid.
+        image: CT NIfTI, any storage order (shown radiologically: anterior up, patient's left on the right).
+        label: ground-truth label NIfTI, same world positions (any storage order).
+        pred: predicted label NIfTI, likewise.
         out_dir: output folder; files are ``<case>_<organ>_{best,worst}_z<k>.png``.
         datalist: JSON list of ``{"image", "label", "pred"}`` paths instead of the three arguments.
         window: HU display window (the Synapse preprocessing window by default).
@@ -42,7 +43,10 @@ def overlays(image=None, label=None, pred=None, out_dir="overlays", datalist=Non
     items = json.loads(Path(datalist).read_text()) if datalist else [{"image": image, "label": label, "pred": pred}]
     written = []
     for it in items:
-        img, lab, prd = (np.asarray(nib.load(it[k]).dataobj) for k in ("image", "label", "pred"))
+        # radiological view whatever the storage order: each file reoriented to PLS by its own affine
+        img, lab, prd = (
+            reorient_array(np.asarray(f.dataobj), f.affine) for f in (nib.load(it[k]) for k in ("image", "label", "pred"))
+        )
         img = np.clip(img, *window)
         case = _stem(it["label"])
         for c, name in enumerate(SYNAPSE_CLASSES, 1):

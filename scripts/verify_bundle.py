@@ -114,7 +114,9 @@ def _checkpoint(work: Path) -> Path:
     code = (
         "import torch; from monai.bundle import ConfigParser; p = ConfigParser(); "
         f"p.read_config('{INFER}'); p.read_meta('{META}'); torch.manual_seed(0); "
-        f"torch.save(p.get_parsed_content('network_def').state_dict(), '{random_ckpt}')"
+        # the layout configs/train.yaml writes: weights beside the geometry they were trained with
+        f"torch.save({{'model': p.get_parsed_content('network_def').state_dict(), "
+        f"'geometry': {{'axcodes': 'PLS', 'pixel_size': None}}}}, '{random_ckpt}')"
     )
     ok, out = _run([sys.executable, "-c", code])
     if not ok:
@@ -122,12 +124,20 @@ def _checkpoint(work: Path) -> Path:
     return random_ckpt
 
 
+def _key_in_ckpt(ckpt: Path) -> str:
+    """``model`` for the files training writes (``{"model", "geometry"}``), ``""`` for a bare state dict."""
+    import torch
+
+    return "model" if "model" in torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True) else ""
+
+
 def _torchscript(work: Path) -> Path:
     """Script-mode export of the checkpoint through ``monai.bundle ckpt_export`` (made once per run)."""
     ts = work / "verify_model.ts"
     if not ts.is_file():
         ok, out = _run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
-                        "--ckpt_file", str(_checkpoint(work)), "--meta_file", META, "--config_file", INFER])  # fmt: skip
+                        "--ckpt_file", str(_checkpoint(work)), "--key_in_ckpt", _key_in_ckpt(_checkpoint(work)),
+                        "--meta_file", META, "--config_file", INFER])  # fmt: skip
         if not ok:
             raise AssertionError(out)
     return ts
@@ -141,7 +151,7 @@ def _max_diff_vs_eager(ckpt: Path, load_exported: str, run_exported: str, batch:
     code = (
         "import torch, json; from monai.bundle import ConfigParser; p = ConfigParser(); "
         f"p.read_config('{INFER}'); p.read_meta('{META}'); net = p.get_parsed_content('network_def').eval(); "
-        f"net.load_state_dict(torch.load('{ckpt}', weights_only=True)); {load_exported}; "
+        f"s = torch.load('{ckpt}', weights_only=True); net.load_state_dict(s.get('model', s)); {load_exported}; "
         "c = p.get('_meta_#network_data_format#inputs#image#num_channels'); "
         f"x = torch.randn({batch}, c, 224, 224, generator=torch.Generator().manual_seed(0)); "
         f"d = (({run_exported}) - net(x)).abs().max().item(); print(json.dumps({{'max_abs_diff': d}}))"
@@ -163,7 +173,8 @@ def check_torchscript(work: Path) -> str:
 def check_onnx(work: Path) -> str:
     ckpt, onnx_path = _checkpoint(work), work / "verify_model.onnx"
     ok, out = _run([sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(onnx_path),
-                    "--ckpt_file", str(ckpt), "--meta_file", META, "--config_file", INFER])  # fmt: skip
+                    "--ckpt_file", str(ckpt), "--key_in_ckpt", _key_in_ckpt(ckpt), "--meta_file", META,
+                    "--config_file", INFER])  # fmt: skip
     if not ok:
         raise AssertionError(out)
     diff = _max_diff_vs_eager(

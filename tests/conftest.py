@@ -79,3 +79,42 @@ def ct_dataset(tmp_path_factory):
     with open(root / "dataset_ddp.json", "w") as f:  # DistributedSampler needs ≥ 1 validation case per rank
         json.dump({"training": items, "validation": items, "test": items}, f)
     return root
+
+
+class QuadrantNet(torch.nn.Module):
+    """A network that "knows anatomy" in the canonical PLS view, to test storage orders without training.
+
+    Bright pixels (input > 0.5, i.e. above ~175 HU after the window and normalisation) get class
+    ``1 + 2·posterior + left``: 1 anterior-right, 2 anterior-left, 3 posterior-right, 4 posterior-left, where
+    posterior = lower half of the rows and left = right half of the columns (the patient's left in PLS). Everything
+    else is background. A slice reaching it flipped or transposed changes its classes.
+    """
+
+    def __init__(self, in_channels=1, out_channels=9, **_):
+        super().__init__()
+        self.out_channels = out_channels
+        self.scale = torch.nn.Parameter(torch.ones(1))  # something for the checkpoint to hold
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        rows = (torch.arange(h, device=x.device) >= h // 2).view(1, h, 1)
+        cols = (torch.arange(w, device=x.device) >= w // 2).view(1, 1, w)
+        cls = (1 + 2 * rows.long() + cols.long()).expand(n, h, w)
+        bright = x[:, 0] * self.scale > 0.5
+        logits = torch.zeros(n, self.out_channels, h, w, device=x.device)
+        logits[:, 0] = 0.5
+        logits.scatter_(1, cls[:, None], torch.where(bright, 1.0, 0.0)[:, None])
+        return logits
+
+
+QUADRANT_NET = {"_target_": "conftest.QuadrantNet", "in_channels": "@in_channels", "out_channels": "@num_classes"}
+
+
+def quadrant_labels(pls_hu):
+    """The labels :class:`QuadrantNet` must give a (rows, columns, slices) PLS volume of 224² slices, in HU."""
+    import numpy as np
+
+    h, w = pls_hu.shape[:2]
+    rows = (np.arange(h) >= h // 2)[:, None, None]
+    cols = (np.arange(w) >= w // 2)[None, :, None]
+    return np.where(pls_hu > 175.0, 1 + 2 * rows + cols, 0).astype(np.uint8)

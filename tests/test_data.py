@@ -95,6 +95,13 @@ def test_import_transunet(tmp_path):
     assert img.shape == lab.shape == (16, 12, 3)
     assert lab[0, 0].tolist() == [0, 1, 2]  # (D, H, W) → (H, W, D)
     assert img.min() == pytest.approx(-125) and img.max() == pytest.approx(275)  # [0, 1] → HU
+    # the pipeline's canonical orientation (PLS) leaves the imported slices as the official loader reads them
+    from bundle.transforms import ct_volume_transforms
+
+    with h5py.File(src / "test_vol_h5" / "case0001.npy.h5", "r") as f:
+        official = np.asarray(f["image"])  # (D, H, W), in [0, 1]
+    seen = ct_volume_transforms(keys=["image"])({"image": str(dst / "imagesTs/case0001.nii.gz")})["image"][0]
+    np.testing.assert_allclose(np.moveaxis(seen.numpy(), -1, 0), official, atol=1e-6)
 
 
 def test_demo_rejects_wrong_hash(tmp_path):

@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Invertd
 
 from bundle.inference import AxialSliceInferer, SaveLabelNiftid, list_volumes, output_path
 from bundle.transforms import ct_volume_transforms
@@ -76,9 +77,11 @@ def test_nrrd_through_itk_reader_keeps_grid(tmp_path):
     img.SetOrigin((10.0, -20.0, 30.0))
     src = str(tmp_path / "vol.nrrd")
     sitk.WriteImage(img, src)
-    data = ct_volume_transforms(keys=["image"])({"image": src})
-    pred = AxialSliceInferer(sw_batch_size=2)(data["image"][None], _Threshold())[0]
-    SaveLabelNiftid(output_dir=str(tmp_path / "out"))({"pred": pred})
+    pre = ct_volume_transforms(keys=["image"])
+    data = pre({"image": src})
+    data["pred"] = AxialSliceInferer(sw_batch_size=2)(data["image"][None], _Threshold())[0]
+    data = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(data)  # as inference.yaml
+    SaveLabelNiftid(output_dir=str(tmp_path / "out"))(data)
     written = nib.load(output_path(src, str(tmp_path / "out")))
     assert written.shape == (24, 20, 3)  # (x, y, z), axial last
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])

@@ -298,3 +298,13 @@ def test_train_softmax_head(isic, tmp_path):
     assert "Epoch: 1/1, Iter: 2/2" in log
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["head.weight"].shape[0] == 2
+
+
+def test_training_and_validation_caches_hold_images(isic, tmp_path):
+    """The cached item is the decoded, resized image (not the file path): only augmentation runs per visit."""
+    wf = _workflow(TRAIN, "train", dataset_dir=str(isic / "prep"), output_dir=str(tmp_path), num_workers=0)
+    wf.initialize()
+    for ds_id in ("train#dataset", "validate#dataset"):
+        item = wf.parser.get_parsed_content(ds_id)._cache[0]
+        assert type(item["image"]).__name__ == "MetaTensor" and tuple(item["image"].shape) == (3, 224, 224), ds_id
+        assert type(item["label"]).__name__ == "MetaTensor", ds_id

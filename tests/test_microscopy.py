@@ -534,3 +534,25 @@ def test_early_stopping_on_validation_and_best_is_not_last(tmp_path):
     final = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     best = best.get("model", best)
     assert any(not torch.equal(best[k], final["model"][k]) for k in best if best[k].is_floating_point())
+
+
+def test_training_and_validation_caches_hold_images(tmp_path):
+    """The cached item is the decoded image (not the file path): only cropping/augmentation runs per visit."""
+    from monai.bundle import ConfigWorkflow
+
+    data = _dataset(tmp_path)
+    wf = ConfigWorkflow(
+        config_file=os.path.join(CFG, "train.yaml"),
+        workflow_type="train",
+        meta_file=os.path.join(CFG, "metadata.json"),
+        logging_file=False,
+        bundle_root=ROOT,
+        dataset_dir=str(data),
+        output_dir=str(tmp_path / "out"),
+        num_workers=0,
+    )
+    wf.initialize()
+    for ds_id in ("train#dataset", "validate#dataset"):
+        item = wf.parser.get_parsed_content(ds_id)._cache[0]
+        assert type(item["image"]).__name__ == "MetaTensor" and item["image"].ndim == 3, ds_id
+        assert type(item["label"]).__name__ == "MetaTensor", ds_id

@@ -13,7 +13,7 @@ import torch
 from conftest import make_volume
 from PIL import Image
 
-from bundle.transforms import RestoreAxesd, ct_volume_transforms, slice_transforms
+from bundle.transforms import ct_volume_transforms, slice_transforms
 from bundle.validation import (
     InputError,
     ValidateVolumed,
@@ -25,7 +25,8 @@ from bundle.validation import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AFFINE = np.diag([0.8, 0.7, 3.0, 1.0])
+# stored PLS, the canonical order: the array reaches the network as stored
+AFFINE = np.array([[0.0, -0.7, 0.0, 0.0], [-0.8, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def _load(image, label=None, num_classes=9):
@@ -200,10 +201,11 @@ def test_validate_volumed_skips_label_check_without_num_classes(tmp_path, case):
 
 # ------------------------------------------------------------------------------------------------ orientation
 @pytest.mark.parametrize("order", [(2, 0, 1), (0, 2, 1)])
-def test_non_axial_storage_is_sliced_axially_and_written_back(tmp_path, order):
-    """A volume stored with the superior–inferior axis first/second (sagittal/coronal acquisition) is sliced along
-    that axis and the prediction comes back in the stored order (pipeline before this change: sliced along the
-    stored last axis)."""
+def test_non_axial_storage_is_sliced_axially_and_inverted_exactly(tmp_path, order):
+    """A volume stored with the superior–inferior axis first/second (sagittal/coronal acquisition) and y flipped is
+    reoriented to PLS (slices last) without resampling, and Invertd gives the stored array and affine back."""
+    from monai.transforms import Invertd
+
     rng = np.random.default_rng(0)
     axial = rng.normal(0, 50, (24, 20, 5)).astype(np.float32)  # (x, y, z) with z = S–I
     affine = np.diag([0.8, 0.7, 3.0, 1.0])
@@ -212,24 +214,26 @@ def test_non_axial_storage_is_sliced_axially_and_written_back(tmp_path, order):
     stored_affine = np.eye(4)
     stored_affine[:3, :3] = affine[:3, :3][:, list(order)]
     stored_affine[:3, 3] = affine[:3, 3]
-    stored_affine[1, :3] *= -1  # and flip y: still not rejected
+    stored_affine[1, :3] *= -1  # and flip y
     path = _nii(tmp_path / "sag.nii.gz", stored, stored_affine)
-    out = _load(path)
-    img = out["image"]
-    assert tuple(img.shape) == (1, 24, 20, 5)  # S–I last: 5 axial slices
-    assert img.meta["axial_permutation"] == ",".join(str(order.index(a)) for a in range(3))
-    assert np.allclose(np.abs(np.asarray(img.meta["affine"])[:3, :3]), affine[:3, :3])
-    pred = img.clone()
-    back = RestoreAxesd(keys="image")({"image": pred})["image"]
+    pre = ct_volume_transforms(keys=["image"])
+    img = pre({"image": path})["image"]
+    assert tuple(img.shape) == (1, 20, 24, 5)  # rows = A–P axis (y), columns = L–R axis (x), 5 axial slices last
+    assert nib.aff2axcodes(np.asarray(img.affine)) == ("P", "L", "S")
+    back = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(
+        {"image": img, "pred": img.clone()}
+    )["pred"]
     assert tuple(back.shape[1:]) == stored.shape
-    assert np.allclose(np.asarray(back.meta["affine"]), stored_affine)
+    np.testing.assert_allclose(np.asarray(back.affine), stored_affine, atol=1e-6)
     assert torch.equal(back[0], torch.as_tensor(np.clip((stored + 125) / 400, 0, 1), dtype=torch.float32))
 
 
-def test_axial_storage_is_untouched(case):
-    img = _load(*case)["image"]
-    assert img.meta["axial_permutation"] == "0,1,2"
-    assert torch.equal(RestoreAxesd(keys="x")({"x": img})["x"], img)
+def test_pls_storage_is_untouched(tmp_path):
+    rng = np.random.default_rng(1)
+    arr = rng.normal(0, 50, (12, 10, 3)).astype(np.float32)
+    affine = np.array([[0, -0.7, 0, 0], [-0.8, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    img = ct_volume_transforms(keys=["image"])({"image": _nii(tmp_path / "pls.nii.gz", arr, affine)})["image"]
+    assert torch.equal(img[0], torch.as_tensor(np.clip((arr + 125) / 400, 0, 1), dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

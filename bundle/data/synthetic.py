@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-__all__ = ["write_synthetic_case", "write_synthetic_dataset"]
+__all__ = ["write_synthetic_case", "write_synthetic_dataset", "write_dicom_series"]
 
 
 def write_synthetic_case(
@@ -30,7 +30,8 @@ def write_synthetic_case(
         label_path: NIfTI path of the label map.
         shape: (H, W, D) in voxels; D is the axial (slice) axis.
         seed: noise seed.
-        affine: 4×4 voxel-to-world matrix; default 0.8 × 0.7 × 3 mm with an offset.
+        affine: 4×4 voxel-to-world matrix; default 0.8 × 0.7 × 3 mm, stored PLS (the bundle's canonical order), with an
+            offset.
 
     Returns:
         ``(image_path, label_path)``.
@@ -42,9 +43,8 @@ def write_synthetic_case(
     lab[h // 4 : h // 2, w // 4 : w // 2] = 5
     lab[h // 2 : 3 * h // 4, w // 2 : 3 * w // 4, 1:] = 1
     img[lab > 0] += 150  # organs brighter than the background, so a few iterations can learn something
-    if affine is None:
-        affine = np.diag([0.8, 0.7, 3.0, 1.0])
-        affine[:3, 3] = [-10.0, 5.0, 20.0]
+    if affine is None:  # stored in the canonical PLS order (rows → posterior, columns → patient's left)
+        affine = np.array([[0.0, -0.7, 0.0, -10.0], [-0.8, 0.0, 0.0, 5.0], [0.0, 0.0, 3.0, 20.0], [0, 0, 0, 1.0]])
     nib.save(nib.Nifti1Image(img, affine), image_path)
     nib.save(nib.Nifti1Image(lab, affine), label_path)
     return image_path, label_path
@@ -70,3 +70,53 @@ def write_synthetic_dataset(dest: str, n_cases: int = 2, shape: Sequence[int] = 
     with open(path, "w") as f:
         json.dump({"training": items, "validation": items[:1], "test": items[:1]}, f, indent=2)
     return path
+
+
+def write_dicom_series(image_path: str, folder: str) -> str:
+    """Writes a NIfTI CT as a DICOM CT series folder (one int16 file per slice, HU), as a scanner export would.
+
+    The geometry (origin, spacing, direction) is kept through SimpleITK; DICOM needs a right-handed LPS frame, so
+    give a volume stored LPS-like (e.g. the same CT reoriented with nibabel). Used to test the DICOM path end to end.
+
+    Returns:
+        ``folder``.
+    """
+    import locale
+
+    import SimpleITK as sitk
+
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the "C" locale, after
+    try:  # which Python opens text files (the bundle's YAML configs) as ASCII
+        return _write_dicom_series(sitk, str(image_path), folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_series(sitk, image_path: str, folder: str) -> str:
+    img = sitk.Cast(sitk.ReadImage(image_path), sitk.sitkInt16)
+    os.makedirs(folder, exist_ok=True)
+    direction = img.GetDirection()
+    series = "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(str(image_path))) % 10**12)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        tags = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            "0008|0018": f"{series}.{k + 1}",
+            "0020|000d": series + ".0",
+            "0020|000e": series,
+            "0020|0013": str(k + 1),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[0:7:3], *direction[1:8:3])),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
+            "0018|0050": f"{img.GetSpacing()[2]:.6f}",
+            "0028|1052": "0",
+            "0028|1053": "1",
+        }
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(os.path.join(folder, f"IM{k + 1:04d}.dcm"))
+        writer.Execute(sl)
+    return folder

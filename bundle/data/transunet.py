@@ -8,7 +8,10 @@ Input layout::
 The release's intensities are HU clipped to [-125, 275] and scaled to [0, 1]; we map them back to HU
 (``x·400 − 125``) so one pipeline (the HU window in ``bundle.transforms``) serves every source. Training slices
 are restacked per case in slice order, axial last ((H, W, D) with H, W = the npz rows, columns). The release has no
-spacing, so the affine is the identity (TransUNet evaluates in voxels too).
+spacing (TransUNet evaluates in voxels too), so the affine has 1 mm voxels and declares the slices' layout:
+rows toward the patient's posterior, columns toward the patient's left, slices toward superior (``PLS``, the
+bundle's canonical order, ``docs/orientation.md``), so the pipeline's reorientation leaves them exactly as the
+official code reads them.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from .synapse import _label_names, write_datalist
 __all__ = ["import_transunet"]
 
 _HU_LOW, _HU_RANGE = -125.0, 400.0
+# voxel (row, column, slice) → RAS world: rows → posterior (−y), columns → patient's left (−x), slices → superior
+PLS_AFFINE = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def _save(volume: np.ndarray, path: str, dtype) -> None:
-    img = nib.Nifti1Image(volume.astype(dtype), np.eye(4))
+    img = nib.Nifti1Image(volume.astype(dtype), PLS_AFFINE)
     img.set_data_dtype(dtype)
     nib.save(img, path)
 
