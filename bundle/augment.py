@@ -37,18 +37,7 @@ import torch.nn.functional as F
 
 __all__ = ["MEMBERS", "GEOMETRIC", "BatchedAugment"]
 
-MEMBERS = (
-    "flip_rows",
-    "flip_cols",
-    "noise",
-    "blur",
-    "contrast",
-    "scale",
-    "rotate",
-    "shear",
-    "elastic",
-    "translate",
-)
+MEMBERS = ("flip_rows", "flip_cols", "noise", "blur", "contrast", "scale", "rotate", "shear", "elastic", "translate")
 GEOMETRIC = ("flip_rows", "flip_cols", "scale", "rotate", "shear", "elastic", "translate")
 _NOISE_STD, _BLUR_SIGMA, _CONTRAST = 0.005, 1.0, (0.5, 1.5)
 _SCALE, _ROTATE, _SHEAR, _TRANSLATE = (0.5, 2.0), math.radians(40.0), math.tan(math.radians(16.0)), 0.2

@@ -106,11 +106,15 @@ class Geometry:
         self.axcodes = check_axcodes(axcodes)
         self.pixel_size = check_pixel_size(pixel_size)
 
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Geometry":
+        return cls(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size"))
+
     def state_dict(self) -> dict:
         return {"axcodes": self.axcodes, "pixel_size": self.pixel_size}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        other = Geometry(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size"))
+        other = Geometry.from_state(state)
         if other != self:
             raise InputError(
                 f"the checkpoint was trained with {other.describe()} but this run is set to {self.describe()}: "
@@ -136,7 +140,7 @@ def _saved_geometry(path: str) -> Optional[Geometry]:
         return None
     ckpt = read_checkpoint(path, map_location="cpu", mmap=True)
     state = ckpt.get("geometry") if isinstance(ckpt, Mapping) else None
-    return Geometry(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size")) if state else None
+    return Geometry.from_state(state) if state else None  # a bare state dict (official weights): no constraint
 
 
 def checkpoint_geometry(

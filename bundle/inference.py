@@ -33,7 +33,7 @@ from monai.utils import convert_to_dst_type
 from scipy.ndimage import zoom
 
 from .data import datalist_image_paths
-from .geometry import check_pixel_size, inplane_spacing, network_grid_theta, to_network_grid
+from .geometry import check_pixel_size, inplane_spacing, to_network_grid
 
 __all__ = ["AxialSliceInferer", "SaveLabelNiftid", "TTA_FLIPS", "list_volumes", "load_checkpoints", "output_path"]
 
@@ -109,6 +109,7 @@ class AxialSliceInferer(Inferer):
         self.tta = bool(tta)
         self.networks = list(networks or [])
         self.pixel_size = check_pixel_size(pixel_size)
+        self._last_theta: Optional[torch.Tensor] = None  # the last chunk's network-grid matrices (pixel_size)
 
     def scores(self, x: torch.Tensor, networks: Sequence[Callable[..., torch.Tensor]], *args: Any, **kwargs: Any):
         """Per-class scores (N, K, h, w) of network-ready slices ``x`` (N, C, h, w), argmax-equivalent to the average.
@@ -147,11 +148,12 @@ class AxialSliceInferer(Inferer):
         """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked).
 
         ``spacing`` (N, 2) mm: the physical-pixel-size grid (``pixel_size``, :func:`bundle.geometry.to_network_grid`:
-        anti-aliased, bicubic), in both modes.
+        anti-aliased, bicubic), in both modes; its matrices are kept in ``self._last_theta`` for :meth:`_to_labels`.
         """
         h, w = x.shape[-2:]
+        self._last_theta = None
         if spacing is not None:
-            x = to_network_grid(x.to(device), spacing, self.pixel_size, self.roi_size, "bicubic")[0]
+            x, self._last_theta = to_network_grid(x.to(device), spacing, self.pixel_size, self.roi_size, "bicubic")
         elif self.resample == "protocol":
             if (h, w) != self.roi_size:  # official: zoom(slice, (224 / x, 224 / y), order=3), skipped at 224²
                 factors = (self.roi_size[0] / h, self.roi_size[1] / w)
@@ -201,12 +203,6 @@ class AxialSliceInferer(Inferer):
         affine = affine.expand(b, 4, 4) if affine.shape[0] == 1 else affine
         return torch.tensor([inplane_spacing(a) for a in affine], dtype=torch.float64)
 
-    def _theta(self, spacing: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(N, 2, 3) network-grid matrices of slices of size (h, w) with the given pixel sizes."""
-        return torch.stack(
-            [network_grid_theta((h, w), tuple(sp.tolist()), self.pixel_size, self.roi_size) for sp in spacing]
-        )
-
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         """Segments ``inputs`` (B, C, H, W, D) slice by slice; returns uint8 labels (B, 1, H, W, D)."""
         if inputs.ndim != 5:
@@ -227,9 +223,8 @@ class AxialSliceInferer(Inferer):
                 z1 = min(z0 + self.sw_batch_size, d)
                 x = torch.as_tensor(inputs[..., z0:z1]).permute(0, 4, 1, 2, 3).reshape(-1, c, h, w).float()
                 spacing = None if spacings is None else spacings.repeat_interleave(z1 - z0, dim=0)  # x is (B·n, …)
-                theta = None if spacing is None else self._theta(spacing, h, w)
                 scores = self.scores(self._to_roi(x, device, spacing), networks, *args, **kwargs)
-                labels = self._to_labels(scores, h, w, theta)  # (B·n, H, W); scores freed per chunk
+                labels = self._to_labels(scores, h, w, self._last_theta)  # (B·n, H, W); scores freed per chunk
                 out[:, 0, :, :, z0:z1] = labels.to(out.device).reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
         result, *_ = convert_to_dst_type(out, inputs, dtype=torch.uint8)  # keeps the input's meta/affine
         return result

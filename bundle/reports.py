@@ -445,7 +445,9 @@ def select_slices(truth, pred, label: int, axis: int = -1) -> dict | None:
 def orientation_letters(ax, color: str = "orange") -> None:
     """Marks a radiological axial view: A (top), P (bottom), R (left edge), L (right edge)."""
     for text, x, y in (("A", 0.5, 0.97), ("P", 0.5, 0.03), ("R", 0.02, 0.5), ("L", 0.98, 0.5)):
-        ax.text(x, y, text, color=color, fontsize=9, fontweight="bold", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            x, y, text, color=color, fontsize=9, fontweight="bold", ha="center", va="center", transform=ax.transAxes
+        )
 
 
 def plot_overlay(

@@ -129,7 +129,9 @@ class SliceBatches:
         device: where batches are built (the training device).
         rank: this process's rank under DDP.
         world_size: number of DDP processes.
-        augmenter: a custom augmenter (default: ``BatchedAugment(table.size)``).
+        augment_members: draw only these members of the official list (default: all ten;
+            :data:`bundle.augment.MEMBERS`).
+        augmenter: a custom augmenter (default: ``BatchedAugment(table.size, augment_members)``).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class SliceBatches:
         device: Union[str, torch.device, None] = None,
         rank: int = 0,
         world_size: int = 1,
+        augment_members: Optional[Sequence[str]] = None,
         augmenter: Optional[Any] = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -152,7 +155,7 @@ class SliceBatches:
         self.slices_per_epoch = int(slices_per_epoch) if slices_per_epoch and int(slices_per_epoch) > 0 else len(table)
         self.device = torch.device(device) if device is not None else table.image.device
         self.rank, self.world_size = int(rank), int(world_size)
-        self.augmenter = (augmenter or BatchedAugment(table.size)) if augment else None
+        self.augmenter = (augmenter or BatchedAugment(table.size, augment_members)) if augment else None
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -207,6 +210,8 @@ def check_augment_backend(backend: str) -> str:
     if backend not in AUGMENT_BACKENDS:
         from .validation import InputError
 
-        raise InputError(f"augment_backend {backend!r} is not one of {AUGMENT_BACKENDS}: pass --augment_backend batched "
-                         "(slice table, augmentation on the training device) or monai (per-sample MONAI list).")
+        raise InputError(
+            f"augment_backend {backend!r} is not one of {AUGMENT_BACKENDS}: pass --augment_backend batched "
+            "(slice table, augmentation on the training device) or monai (per-sample MONAI list)."
+        )
     return backend

@@ -57,17 +57,11 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
+from .augment import MEMBERS
 from .geometry import DEFAULT_AXCODES, check_axcodes, check_pixel_size, inplane_spacing, to_network_grid
 from .validation import LoadVolumed, ValidateVolumed
 
-__all__ = [
-    "HU_WINDOW",
-    "NetworkGridd",
-    "ct_volume_transforms",
-    "slice_transforms",
-    "augmentation",
-    "normalise",
-]
+__all__ = ["HU_WINDOW", "NetworkGridd", "ct_volume_transforms", "slice_transforms", "augmentation", "normalise"]
 
 HU_WINDOW = (-125.0, 275.0)
 
@@ -136,12 +130,15 @@ def ct_volume_transforms(
     return Compose(steps)
 
 
-def augmentation(size: int = 224, keys: Sequence[str] = ("image", "label")) -> SomeOf:
+def augmentation(
+    size: int = 224, keys: Sequence[str] = ("image", "label"), members: Optional[Sequence[str]] = None
+) -> SomeOf:
     """The official augmentation list: 0–4 distinct members in random order (see the module docstring).
 
     Args:
         size: in-plane size of the slices it receives.
         keys: image key, then label key.
+        members: draw only these members (names of :data:`bundle.augment.MEMBERS`, the same order); default all.
 
     Returns:
         A ``SomeOf`` transform on (C, H, W) dict samples.
@@ -149,7 +146,7 @@ def augmentation(size: int = 224, keys: Sequence[str] = ("image", "label")) -> S
     img, lab = keys[0], keys[1]
     both, modes = [img, lab], ["bilinear", "nearest"]
     affine = dict(keys=both, prob=1.0, mode=modes, padding_mode="zeros")
-    members = [
+    transforms = [
         RandFlipd(keys=both, prob=0.5, spatial_axis=0),
         RandFlipd(keys=both, prob=0.5, spatial_axis=1),
         RandGaussianNoised(keys=img, prob=1.0, mean=0.0, std=0.005, sample_std=False),
@@ -168,7 +165,11 @@ def augmentation(size: int = 224, keys: Sequence[str] = ("image", "label")) -> S
         ),
         RandAffined(translate_range=(0.2 * size, 0.2 * size), **affine),
     ]
-    return SomeOf(members, num_transforms=(0, 4), replace=False)
+    names = MEMBERS if members is None else [m for m in MEMBERS if m in set(members)]
+    if members is not None and (len(names) != len(set(members)) or not names):
+        raise ValueError(f"augment_members must be a non-empty subset of {MEMBERS}, got {list(members)}.")
+    chosen = [t for name, t in zip(MEMBERS, transforms) if name in names]
+    return SomeOf(chosen, num_transforms=(0, min(4, len(chosen))), replace=False)
 
 
 def normalise(keys: Sequence[str] = ("image",)) -> NormalizeIntensityd:
@@ -182,6 +183,7 @@ def slice_transforms(
     augment: bool = True,
     keys: Sequence[str] = ("image", "label"),
     pixel_size: Optional[float] = None,
+    augment_members: Optional[Sequence[str]] = None,
 ) -> Compose:
     """Random stage: sample axial slices from a cached (C, H, W, D) volume, resize, augment, normalise.
 
@@ -191,6 +193,7 @@ def slice_transforms(
         augment: apply the official augmentation list.
         keys: image key, then label key.
         pixel_size: network pixel size in mm, or ``None`` for the official whole-slice resize (:class:`NetworkGridd`).
+        augment_members: draw only these members of the list (default: all, the official recipe).
 
     Returns:
         Compose producing a list of ``slices_per_volume`` dicts with (1, size, size) image in [-1, 1] and label.
@@ -202,6 +205,6 @@ def slice_transforms(
         NetworkGridd(keys=keys, size=size, pixel_size=pixel_size),
     ]
     if augment:
-        steps.append(augmentation(size, keys))
+        steps.append(augmentation(size, keys, augment_members))
     steps += [normalise(keys[:1]), EnsureTyped(keys=keys, dtype="float32", track_meta=False)]
     return Compose(steps)

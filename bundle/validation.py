@@ -225,7 +225,6 @@ def check_affine(affine: Any, name: str) -> np.ndarray:
     return aff
 
 
-
 class ValidateVolumed(MapTransform):
     """Per-case checks after loading (before ``EnsureChannelFirstd``); raises :class:`InputError` naming the file.
 

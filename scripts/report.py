@@ -45,7 +45,8 @@ def overlays(image=None, label=None, pred=None, out_dir="overlays", datalist=Non
     for it in items:
         # radiological view whatever the storage order: each file reoriented to PLS by its own affine
         img, lab, prd = (
-            reorient_array(np.asarray(f.dataobj), f.affine) for f in (nib.load(it[k]) for k in ("image", "label", "pred"))
+            reorient_array(np.asarray(f.dataobj), f.affine)
+            for f in (nib.load(it[k]) for k in ("image", "label", "pred"))
         )
         img = np.clip(img, *window)
         case = _stem(it["label"])

@@ -2,7 +2,7 @@
 held-out slices and a second, unseen scan (a 512×512 DICOM series stored LPS at 0.98 mm, where the training CT is
 stored RAS at 3 mm), print per-organ Dice for both and write an overlay PNG.
 
-Usage: python scripts/run_demo.py [--epochs 40] [--batch_size 2] [--slices_per_epoch 10] [--pixel_size 2.0]
+Usage: python scripts/run_demo.py [--epochs 40] [--batch_size 2] [--slices_per_epoch 10] [--pixel_size 3.0]
     [--optimizer adamw|sgd] [--out runs/demo]
 Every step is an ordinary bundle command (printed before it runs); the demo's labels are TotalSegmentator model
 outputs, not manual annotations, and the held-out slices neighbour training slices (see bundle/data/demo.py).
@@ -33,6 +33,12 @@ DICOM_ORGANS = ("spleen", "liver", "stomach", "aorta")
 def _run(cmd):
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _members(value) -> str:
+    """``--augment_members`` for the bundle CLI: "$None" (all) or a list literal, from fire's str or tuple."""
+    names = list(value) if isinstance(value, (list, tuple)) else [v for v in str(value or "").split(",") if v]
+    return str([n.strip() for n in names]).replace(" ", "") if names else "$None"
 
 
 def infer(image: str, out: str) -> None:
@@ -127,8 +133,9 @@ def main(
     slices_per_epoch: int = 10,
     optimizer: str = "adamw",
     learning_rate: float = None,
-    pixel_size: float = 2.0,
+    pixel_size: float = 3.0,
     augment: bool = False,
+    augment_members: str = "",
     out: str = "runs/demo",
     data: str = "demo_data",
     threads: int = 2,
@@ -137,8 +144,8 @@ def main(
 
     ``optimizer="sgd"`` keeps the paper's SGD (lr 0.05); the default AdamW (lr 1e-3) learns faster in the few
     dozen iterations a 2-core CPU allows (from scratch: no pretrained encoder is reachable offline).
-    ``pixel_size`` (mm, or None for the official whole-slice resize) is what lets the model trained on the 3 mm
-    CT carry to the 0.98 mm DICOM series: both reach the network at the same physical scale (docs/orientation.md).
+    ``pixel_size`` (mm, or None for the official whole-slice resize): 3.0, the training CT's own pixel size, shows
+    the 0.98 mm DICOM series to the network at the same physical scale (docs/orientation.md).
     """
     t0 = time.time()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -188,6 +195,8 @@ def main(
             "dice_ce",
             "--augment",
             str(bool(augment)),
+            "--augment_members",
+            _members(augment_members),
             "--pixel_size",
             "$None" if pixel_size is None else str(pixel_size),
             "--val_interval",
@@ -241,6 +250,7 @@ def main(
                 "dicom_mean_dice": dicom_mean,
                 "pixel_size": pixel_size,
                 "augment": bool(augment),
+                "augment_members": augment_members,
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "slices_per_epoch": slices_per_epoch,

@@ -129,8 +129,11 @@ def test_overlay_shards_training_and_validation_with_distributed_samplers():
     assert issubclass(DistributedWeightedRandomSampler, DistributedSampler)
     assert cfg["validate"]["sampler"]["_target_"] == "DistributedSampler"
     assert cfg["validate"]["dataloader"]["sampler"] == "@validate#sampler"
-    # global batch kept: per-rank volumes = batch_size // slices_per_volume // world_size
-    assert cfg["train"]["dataloader"]["batch_size"] == "$max(1, @batch_size // @slices_per_volume // @world_size)"
+    # global batch kept: per-rank volumes = batch_size // slices_per_volume // world_size (monai backend) and
+    # per-rank slices = batch_size // world_size, each rank its share of every epoch (batched backend)
+    assert cfg["train"]["monai_loader"]["batch_size"] == "$max(1, @batch_size // @slices_per_volume // @world_size)"
+    assert cfg["train"]["batches"]["batch_size"] == "$max(1, @batch_size // @world_size)"
+    assert cfg["train"]["batches"]["rank"] == "@rank" and cfg["train"]["batches"]["world_size"] == "@world_size"
     assert "@rank == 0" in cfg["run"][-3] and "checkpoint_saver" in cfg["run"][-3]
     assert cfg["train"]["handlers"][4]["_target_"] == "TensorBoardStatsHandler"
     assert cfg["train"]["handlers"][4]["_disabled_"] == "$@rank > 0"

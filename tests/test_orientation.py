@@ -282,3 +282,21 @@ def test_fixed_pixel_size_shows_organs_at_their_physical_size():
         area[name + "_resize"] = float(resized.sum())
     assert abs(area["fine"] / area["coarse"] - 1) < 0.03 and abs(area["fine"] / (np.pi * 900) - 1) < 0.03
     assert area["coarse_resize"] / area["fine_resize"] > 1.5  # (358 / 282)² = 1.6: the official resize
+
+
+def test_protocol_and_smooth_resampling_agree_with_a_pixel_size():
+    """With pixel_size both resampling modes use the same physical grid: protocol takes the argmax at the network
+    grid and maps labels back nearest, smooth maps scores back bilinear; they differ only at label borders."""
+    from monai.data import MetaTensor
+
+    from bundle.inference import AxialSliceInferer
+
+    pls = _patient()
+    vol = MetaTensor(torch.as_tensor(np.clip((pls + 125) / 400, 0, 1))[None, None], affine=torch.as_tensor(PLS_AFFINE))
+    net = QuadrantNet().eval()
+    out = {
+        mode: AxialSliceInferer(resample=mode, pixel_size=1.2, sw_batch_size=2)(vol, net)[0, 0].numpy()
+        for mode in ("protocol", "smooth")
+    }
+    assert set(np.unique(out["protocol"])) == set(np.unique(out["smooth"])) == {0, 1, 3, 4}
+    assert (out["protocol"] == out["smooth"]).mean() > 0.99

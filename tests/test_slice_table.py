@@ -55,7 +55,9 @@ def test_epochs_cover_every_slice_once_and_depend_only_on_seed_and_epoch(cases):
     first = batches.epoch_indices()
     assert sorted(first.tolist()) == list(range(12))  # the official epoch
     batches.set_epoch(2)
-    assert sorted(batches.epoch_indices().tolist()) == list(range(12)) and not torch.equal(batches.epoch_indices(), first)
+    assert sorted(batches.epoch_indices().tolist()) == list(range(12)) and not torch.equal(
+        batches.epoch_indices(), first
+    )
     again = SliceBatches(table, batch_size=5, seed=3, augment=False)  # a resumed run at epoch 2
     again.set_epoch(2)
     assert torch.equal(again.epoch_indices(), batches.epoch_indices())
@@ -139,7 +141,9 @@ def test_ct_training_and_validation_caches_hold_arrays(ct_dataset, tmp_path, bac
 
 
 def test_multi_gpu_overlay_caches_and_splits(ct_dataset, tmp_path, monkeypatch):
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541").items():
+    for key, value in dict(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541"
+    ).items():
         monkeypatch.setenv(key, value)
     (ds,) = _parsed(
         ["train.yaml", "multi_gpu_train.yaml"], ["train#dataset"], dataset_dir=str(ct_dataset),
