@@ -14,9 +14,10 @@ inference and evaluation apply the checkpoint's own (:func:`checkpoint_geometry`
   224 × 224 grid of ``p`` mm pixels centred on the slice centre (field of view ``224·p`` mm, cropped or padded with
   air), in one interpolation, so scans of any pixel size and field of view look alike to the network.
 
-:func:`network_grid_theta` is the one mapping from a slice to the network grid; the training transform
-(:class:`bundle.transforms.NetworkGridd`) and the volume inferer (:class:`bundle.inference.AxialSliceInferer`) both
-use it, so training and inference cannot drift apart.
+:func:`to_network_grid` (anti-aliasing + the :func:`network_grid_theta` sampling) is the one mapping from a slice to
+a physical-pixel-size network grid; the training transform (:class:`bundle.transforms.NetworkGridd`), the slice table
+(:class:`bundle.slice_table.SliceTable`) and the volume inferer (:class:`bundle.inference.AxialSliceInferer`, which
+inverts it) all use it, so training and inference cannot drift apart.
 """
 
 from __future__ import annotations
