@@ -35,6 +35,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .geometry import gaussian_blur
+
 __all__ = ["MEMBERS", "GEOMETRIC", "BatchedAugment"]
 
 MEMBERS = ("flip_rows", "flip_cols", "noise", "blur", "contrast", "scale", "rotate", "shear", "elastic", "translate")
@@ -53,8 +55,7 @@ class BatchedAugment:
             ``SomeOf((0, 4))`` count over the subset (used by tests).
         image_mode: ``bilinear`` (official) or ``nearest`` (tests of image/label alignment).
 
-    Call with a ``torch.Generator`` on the batch's device for reproducible draws; ``last_draw`` keeps the drawn
-    members (B, 10) boolean and their order of the last call, for tests and logging.
+    Call with a ``torch.Generator`` on the batch's device for reproducible draws.
 
     Examples::
 
@@ -71,7 +72,6 @@ class BatchedAugment:
         if image_mode not in ("bilinear", "nearest"):
             raise ValueError(f"image_mode must be 'bilinear' or 'nearest', got {image_mode!r}.")
         self.size, self.members, self.image_mode = int(size), members, image_mode
-        self.last_draw: Optional[dict] = None
 
     # --------------------------------------------------------------------------------------------------- draws
     def _draw_members(self, b: int, device, g) -> torch.Tensor:
@@ -131,7 +131,6 @@ class BatchedAugment:
         device, g = image.device, generator
         slots = self._draw_members(b, device, g)
         mats = self._matrices(b, device, g)
-        self.last_draw = {"slots": slots.cpu()}
         geo_ids = torch.tensor([MEMBERS.index(n) for n in GEOMETRIC], device=device)
         moved = torch.isin(slots, geo_ids).any(1).nonzero().flatten()  # only these samples are resampled
         if moved.numel():
@@ -198,11 +197,6 @@ class BatchedAugment:
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (radius 4σ, as MONAI's GaussianSmooth), zero padding."""
-    radius = int(math.ceil(4.0 * sigma))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(radius, 0), groups=c)
-    return F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), padding=(0, radius), groups=c)
+    """Separable Gaussian blur of every sample (radius 4σ, as MONAI's GaussianSmooth), zero padding."""
+    sigmas = torch.full((x.shape[0],), float(sigma), device=x.device)
+    return gaussian_blur(gaussian_blur(x, sigmas, -2, truncate=4.0), sigmas, -1, truncate=4.0)

@@ -38,6 +38,7 @@ __all__ = [
     "check_axcodes",
     "check_pixel_size",
     "checkpoint_geometry",
+    "gaussian_blur",
     "inplane_spacing",
     "network_grid_theta",
     "to_network_grid",
@@ -215,9 +216,10 @@ def network_grid_theta(
     return torch.tensor([[s_cols, 0.0, 0.0], [0.0, s_rows, 0.0]], dtype=torch.float32)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, axis: int) -> torch.Tensor:
-    """Separable Gaussian along ``axis`` (-2 rows, -1 columns) of (N, C, H, W), one σ (pixels) per sample."""
-    radius = int(math.ceil(3.0 * float(sigma.max())))
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, axis: int, truncate: float = 3.0) -> torch.Tensor:
+    """Separable Gaussian along ``axis`` (-2 rows, -1 columns) of (N, C, H, W), one σ (pixels) per sample, zero
+    padding, kernel radius ``ceil(truncate · max σ)``; σ = 0 leaves a sample unchanged."""
+    radius = int(math.ceil(truncate * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     weights = torch.exp(-0.5 * (offsets[None] / sigma.to(x).clamp_min(1e-6)[:, None]) ** 2)
     weights = weights / weights.sum(1, keepdim=True)  # (N, K); σ = 0 → a unit impulse
@@ -260,7 +262,7 @@ def to_network_grid(
         sigma = ((pixel_size / spacing - 1.0) / 2.0).clamp_min(0.0).to(torch.float32)
         for axis, column in ((-2, 0), (-1, 1)):
             if float(sigma[:, column].max()) > 0.0:
-                x = _gaussian_blur(x, sigma[:, column].to(x.device), axis)
+                x = gaussian_blur(x, sigma[:, column].to(x.device), axis)
     grid = torch.nn.functional.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *roi], align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False), theta
 

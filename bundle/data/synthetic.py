@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from typing import Optional, Sequence
 
 import nibabel as nib
@@ -96,7 +97,7 @@ def _write_dicom_series(sitk, image_path: str, folder: str) -> str:
     img = sitk.Cast(sitk.ReadImage(image_path), sitk.sitkInt16)
     os.makedirs(folder, exist_ok=True)
     direction = img.GetDirection()
-    series = "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(str(image_path))) % 10**12)
+    series = "1.2.826.0.1.3680043.2.1125.1." + str(zlib.crc32(image_path.encode()))  # same file, same UID
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(img.GetDepth()):
