@@ -4,14 +4,17 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
+from scipy.ndimage import zoom
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")  # small files the tests read
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the bundle root, as the zoo CI does for bundles with custom code
 # inference.yaml's default backend exports each new network to ONNX once: with a random network per test that is
-# only cost; the ONNX path is checked by tests/test_perf_equivalence.py (subprocesses inherit this)
+# only cost; the ONNX path is checked by tests/inferers/test_perf_equivalence.py (subprocesses inherit this)
 os.environ.setdefault("MSA2NET_INFERENCE_BACKEND", "eager")
 
 
@@ -118,3 +121,21 @@ def quadrant_labels(pls_hu):
     rows = (np.arange(h) >= h // 2)[:, None, None]
     cols = (np.arange(w) >= w // 2)[None, :, None]
     return np.where(pls_hu > 175.0, 1 + 2 * rows + cols, 0).astype(np.uint8)
+
+
+def official_test_single_volume(vol: np.ndarray, net, patch=(224, 224)) -> np.ndarray:
+    """TransUNet/MSA²Net ``test_single_volume`` slice loop (TransUNet utils.py @2ffa29f, used by MSA-2Net's test), on an
+    (H, W, D) volume: zoom order 3 in, argmax, zoom order 0 back."""
+    pred = np.zeros(vol.shape, np.uint8)
+    for z in range(vol.shape[-1]):
+        sl = vol[..., z]
+        x, y = sl.shape
+        if (x, y) != patch:
+            sl = zoom(sl, (patch[0] / x, patch[1] / y), order=3)
+        inp = (torch.from_numpy(sl.astype(np.float32))[None, None] - 0.5) / 0.5  # ToTensor + Normalize(0.5, 0.5)
+        with torch.no_grad():
+            out = torch.argmax(torch.softmax(net(inp), dim=1), dim=1)[0].numpy()
+        if (x, y) != patch:
+            out = zoom(out, (x / patch[0], y / patch[1]), order=0)
+        pred[..., z] = out
+    return pred

@@ -3,7 +3,7 @@
 MSA²Net (Kolahi et al., BMVC 2024, §4.1) uses the 2594 images of the ISIC2018 Task 1 *training* release with the
 split of DermoSegDiff / D-LKA: 1815 train, 259 validation, 520 test. Those codes take the first 1815 / next 259 /
 last 520 files of an **unsorted** ``glob`` (filesystem order), which cannot be reproduced elsewhere
-(``msa2net_official.md`` §7). Here the ISIC ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and cut
+(``docs/official_code.md`` §7). Here the ISIC ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and cut
 1815 / 259 / 520, and the id lists are written to ``split.json`` so a split can be shared and re-used exactly.
 """
 
@@ -16,20 +16,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = [
-    "ISIC2018_SPLIT",
-    "IMAGES_DIR",
-    "MASKS_DIR",
-    "PAPER_MSA2NET_ISIC2018",
-    "find_pairs",
-    "split_ids",
-    "prepare_isic2018",
-    "synthetic_lesion",
-]
+from bundle.errors import InputError
+from bundle.io.atomic import atomic_write_text
 
 ISIC2018_SPLIT = (1815, 259, 520)  # train, validation, test over the 2594 Task 1 training images
+
+
 IMAGES_DIR = "ISIC2018_Task1-2_Training_Input"  # official download folder names
+
+
 MASKS_DIR = "ISIC2018_Task1_Training_GroundTruth"
+
+
 # MSA²Net row of the paper's Table 2 (ISIC2018); IoU is not reported there.
 PAPER_MSA2NET_ISIC2018 = {
     "method": "MSA²Net (paper, Table 2)",
@@ -39,14 +37,20 @@ PAPER_MSA2NET_ISIC2018 = {
     "se": 0.8840,
     "sp": 0.9557,
 }
+
+
 _IMAGE_RE = re.compile(r"^(ISIC_\d+)\.jpe?g$", re.IGNORECASE)
+
+
 _MASK_RE = re.compile(r"^(ISIC_\d+)_segmentation\.png$", re.IGNORECASE)
+
+
 _SECTIONS = ("training", "validation", "test")
 
 
 def _scan(folder: str, pattern: re.Pattern, what: str) -> Dict[str, str]:
     if not os.path.isdir(folder):
-        raise ValueError(f"bundle/data/isic.py: {what} folder {folder} does not exist (expected the official layout).")
+        raise InputError(f"{what} folder {folder} does not exist (expected the official layout).")
     found = {}
     for name in sorted(os.listdir(folder)):
         m = pattern.match(name)
@@ -71,12 +75,12 @@ def find_pairs(images_dir: str, masks_dir: str) -> Dict[str, Tuple[str, str]]:
     images = _scan(images_dir, _IMAGE_RE, "image")
     masks = _scan(masks_dir, _MASK_RE, "mask")
     if not images:
-        raise ValueError(f"bundle/data/isic.py: no ISIC_<id>.jpg images in {images_dir}.")
+        raise InputError(f"no ISIC_<id>.jpg images in {images_dir}.")
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask or no_image:
-        raise ValueError(
-            "bundle/data/isic.py: every image needs its mask and vice versa; "
+        raise InputError(
+            "every image needs its mask and vice versa; "
             f"{len(no_mask)} image(s) without ISIC_<id>_segmentation.png in {masks_dir} (first: {no_mask[:3]}), "
             f"{len(no_image)} mask(s) without ISIC_<id>.jpg in {images_dir} (first: {no_image[:3]}). "
             "Re-extract both official archives."
@@ -100,7 +104,7 @@ def split_ids(ids: Sequence[str], seed: int = 0, counts: Sequence[int] = ISIC201
     """
     ids = sorted(ids)
     if len(set(ids)) != len(ids):
-        raise ValueError("bundle/data/isic.py: image ids must be unique.")
+        raise InputError("image ids must be unique.")
     n, total = len(ids), int(sum(counts))
     if n == total:
         n_train, n_val, n_test = (int(c) for c in counts)
@@ -108,7 +112,7 @@ def split_ids(ids: Sequence[str], seed: int = 0, counts: Sequence[int] = ISIC201
         n_val, n_test = round(n * counts[1] / total), round(n * counts[2] / total)
         n_train = n - n_val - n_test
     if min(n_train, n_val, n_test) < 1:
-        raise ValueError(f"bundle/data/isic.py: {n} images are too few for a train/validation/test split.")
+        raise InputError(f"{n} images are too few for a train/validation/test split.")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
     cuts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
     return {name: sorted(part) for name, part in zip(_SECTIONS, cuts)}
@@ -119,8 +123,8 @@ def _load_split(path: str, pairs: Mapping[str, Tuple[str, str]]) -> Dict[str, Li
         split = json.load(f)
     missing = sorted({i for s in _SECTIONS for i in split.get(s, [])} - set(pairs))
     if missing or any(s not in split for s in _SECTIONS):
-        raise ValueError(
-            f"bundle/data/isic.py: split file {path} needs {_SECTIONS} id lists that all exist in the data; "
+        raise InputError(
+            f"split file {path} needs {_SECTIONS} id lists that all exist in the data; "
             f"{len(missing)} id(s) not found (first: {missing[:3]})."
         )
     return {s: list(split[s]) for s in _SECTIONS}
@@ -153,7 +157,7 @@ def prepare_isic2018(
     """
     if images_dir is None or masks_dir is None:
         if src is None:
-            raise ValueError("bundle/data/isic.py: give --src (official layout) or both --images_dir and --masks_dir.")
+            raise InputError("give --src (official layout) or both --images_dir and --masks_dir.")
         images_dir = images_dir or os.path.join(src, IMAGES_DIR)
         masks_dir = masks_dir or os.path.join(src, MASKS_DIR)
     pairs = find_pairs(images_dir, masks_dir)
@@ -185,33 +189,8 @@ def prepare_isic2018(
         "counts": counts,
         **{s: [item(i) for i in split[s]] for s in _SECTIONS},
     }
-    from bundle.reports import atomic_write_text
 
     atomic_write_text(os.path.join(dst, "split.json"), json.dumps(split_doc, indent=1) + "\n")
     path = os.path.join(dst, "dataset.json")
     atomic_write_text(path, json.dumps(datalist, indent=1) + "\n")
     return path
-
-
-def synthetic_lesion(h: int, w: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """A stand-in "dermoscopy" image for tests and smoke runs: skin tone + noise with one dark elliptical lesion.
-
-    Not a dermoscopy image: it only exercises loading, the split, training, evaluation and inference.
-
-    Args:
-        h: height in pixels.
-        w: width in pixels.
-        rng: random generator (lesion centre and radii, then the noise, are drawn from it in that order).
-
-    Returns:
-        ``(image, mask)``: uint8 RGB (h, w, 3) and the lesion as a uint8 0/255 mask (h, w).
-    """
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
-    ry, rx = h * rng.uniform(0.15, 0.3), w * rng.uniform(0.15, 0.3)
-    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-    img = np.empty((h, w, 3))
-    img[:] = (205, 160, 140)
-    img[mask] = (95, 55, 45)
-    img += rng.normal(0, 8, img.shape)
-    return img.clip(0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)

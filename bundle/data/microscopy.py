@@ -1,6 +1,6 @@
 """MoNuSeg and GlaS as distributed → images, binary masks and a 5-fold datalist (SA2-Net protocol, no test leakage).
 
-Source layouts handled (``sa2net_official.md`` §4.1 for what the official SA2-Net code reads):
+Source layouts handled (``docs/official_code.md`` §8 for what the official SA2-Net code reads):
 
 * ``uctransnet`` -- the folders the official code (copied from UCTransNet) expects:
   ``<src>/Train_Folder/img/<name>`` with ``<src>/Train_Folder/labelcol/<stem>.png`` (MoNuSeg) or
@@ -34,25 +34,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = [
-    "OFFICIAL_SEED",
-    "IMAGE_SUFFIXES",
-    "kfold_assignment",
-    "xml_to_mask",
-    "read_image_size",
-    "find_uctransnet",
-    "find_glas",
-    "find_monuseg",
-    "build_datalist",
-    "fold_items",
-    "write_fold_files",
-    "STARDIST_SHA256",
-    "fetch_stardist_images",
-    "build_stardist_demo",
-]
+from bundle.errors import InputError
+from bundle.io.atomic import atomic_write_text
+from bundle.io.datalist import read_datalist
 
 OFFICIAL_SEED = 999  # Config.py: seed = 999, KFold(random_state=seed)
+
+
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
 Pair = Tuple[str, str]  # (image path, mask path or XML path)
 
 
@@ -68,8 +59,8 @@ def kfold_assignment(n: int, num_folds: int = 5, seed: int = OFFICIAL_SEED) -> L
         ``folds[i]`` = the fold in which item ``i`` is the validation case.
     """
     if num_folds < 2 or n < num_folds:
-        raise ValueError(
-            f"bundle/data/microscopy.py: {num_folds}-fold cross-validation needs at least {max(num_folds, 2)} "
+        raise InputError(
+            f"{num_folds}-fold cross-validation needs at least {max(num_folds, 2)} "
             f"training images and num_folds >= 2; got {n} images. Add images or lower num_folds."
         )
     order = np.arange(n)
@@ -117,7 +108,7 @@ def xml_to_mask(xml_path: str, shape: Tuple[int, int]) -> np.ndarray:
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as err:
-        raise ValueError(f"bundle/data/microscopy.py: {xml_path} is not valid XML ({err}); re-download it.") from err
+        raise InputError(f"{xml_path} is not valid XML ({err}); re-download it.") from err
     height, width = shape
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
@@ -129,8 +120,8 @@ def xml_to_mask(xml_path: str, shape: Tuple[int, int]) -> np.ndarray:
         elif len(pts) > 0:  # degenerate outline: keep the touched pixels rather than dropping a nucleus
             draw.line(pts, fill=1)
     if not regions:
-        raise ValueError(
-            f"bundle/data/microscopy.py: {xml_path} has no <Region> elements; a MoNuSeg annotation lists one "
+        raise InputError(
+            f"{xml_path} has no <Region> elements; a MoNuSeg annotation lists one "
             f"Region with <Vertices> per nucleus. Check that this is the annotation file of the image."
         )
     return np.asarray(canvas, dtype=np.uint8)
@@ -176,15 +167,15 @@ def find_uctransnet(src: str, include_val_folder: bool = False) -> Dict[str, Lis
     for folder, split in parts:
         img_dir, lab_dir = os.path.join(src, folder, "img"), os.path.join(src, folder, "labelcol")
         if not os.path.isdir(img_dir) or not os.path.isdir(lab_dir):
-            raise ValueError(
-                f"bundle/data/microscopy.py: {src} is not in the UCTransNet layout: {folder}/img and "
+            raise InputError(
+                f"{src} is not in the UCTransNet layout: {folder}/img and "
                 f"{folder}/labelcol are required. Use the 'glas' or 'monuseg' command for the original releases."
             )
         for image in _images(img_dir):
             mask = _find_mask(lab_dir, _stem(image))
             if mask is None:
-                raise ValueError(
-                    f"bundle/data/microscopy.py: no mask for {image} in {lab_dir} (expected {_stem(image)}.png for "
+                raise InputError(
+                    f"no mask for {image} in {lab_dir} (expected {_stem(image)}.png for "
                     f"MoNuSeg or {_stem(image)}_anno.bmp for GlaS)."
                 )
             out[split].append((image, mask))
@@ -211,11 +202,11 @@ def find_glas(src: str) -> Dict[str, List[Pair]]:
                 continue
             mask = os.path.join(folder, f"{stem}_anno.bmp")
             if not os.path.isfile(mask):
-                raise ValueError(f"bundle/data/microscopy.py: GlaS image {name} in {folder} has no {stem}_anno.bmp.")
+                raise InputError(f"GlaS image {name} in {folder} has no {stem}_anno.bmp.")
             out["pool" if stem.startswith("train") else "test"].append((os.path.join(folder, name), mask))
     if not out["pool"]:
-        raise ValueError(
-            f"bundle/data/microscopy.py: no GlaS images (train_<i>.bmp with train_<i>_anno.bmp) under {src}; point "
+        raise InputError(
+            f"no GlaS images (train_<i>.bmp with train_<i>_anno.bmp) under {src}; point "
             f"--src at the Warwick_QU_Dataset folder, or use the 'uctransnet' command for Train_Folder/Test_Folder."
         )
     for split in out:
@@ -239,9 +230,8 @@ def _monuseg_pairs(folder: str) -> List[Pair]:
     for stem, image in sorted(tifs.items()):
         ann = xmls.get(stem) or pngs.get(stem) or pngs.get(f"{stem}_mask")
         if ann is None:
-            raise ValueError(
-                f"bundle/data/microscopy.py: MoNuSeg image {image} has no {stem}.xml annotation (nor a {stem}.png "
-                f"mask) under {folder}."
+            raise InputError(
+                f"MoNuSeg image {image} has no {stem}.xml annotation (nor a {stem}.png " f"mask) under {folder}."
             )
         pairs.append((image, ann))
     return pairs
@@ -259,7 +249,7 @@ def find_monuseg(train: str, test: Optional[str] = None) -> Dict[str, List[Pair]
     """
     out = {"pool": _monuseg_pairs(train), "test": _monuseg_pairs(test) if test else []}
     if not out["pool"]:
-        raise ValueError(f"bundle/data/microscopy.py: no .tif images under {train}; point --train at the MoNuSeg data.")
+        raise InputError(f"no .tif images under {train}; point --train at the MoNuSeg data.")
     return out
 
 
@@ -268,7 +258,7 @@ def _write_mask(src: str, dst: str) -> None:
     from PIL import Image
 
     if src.lower().endswith(".xml"):
-        raise ValueError("bundle/data/microscopy.py: XML annotations need the image size; use xml_to_mask.")
+        raise InputError("XML annotations need the image size; use xml_to_mask.")
     if src.lower().endswith((".tif", ".tiff")):
         import tifffile
 
@@ -301,12 +291,12 @@ def build_datalist(
     test_names = {os.path.basename(p[0]) for p in pairs["test"]}
     clash = sorted(set(pool_names) & test_names)
     if clash:
-        raise ValueError(
-            f"bundle/data/microscopy.py: {len(clash)} image name(s) are both in the training pool and the test "
+        raise InputError(
+            f"{len(clash)} image name(s) are both in the training pool and the test "
             f"split (e.g. {clash[0]}); the test split must stay out of training and model selection."
         )
     if len(set(pool_names)) != len(pool_names):
-        raise ValueError("bundle/data/microscopy.py: duplicate image file names in the training pool; rename them.")
+        raise InputError("duplicate image file names in the training pool; rename them.")
     order = sorted(range(len(pool_names)), key=lambda i: pool_names[i])  # sorted names: reproducible everywhere
     folds = kfold_assignment(len(order), num_folds, seed)
     sections = {"training": [], "test": []}
@@ -347,10 +337,7 @@ def build_datalist(
         "test": sections["test"],
     }
     path = os.path.join(dst, "dataset.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(datalist, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(datalist, indent=1))
     return path
 
 
@@ -368,23 +355,20 @@ def fold_items(
     Returns:
         A list of ``{"image", "label"}`` dicts.
     """
-    with open(datalist) as f:
-        data = json.load(f)
+    data = read_datalist(datalist)
     root = base_dir or os.path.dirname(os.path.abspath(datalist))
     num_folds = int(data.get("num_folds", 0))
     if section not in ("training", "validation", "test"):
-        raise ValueError(f"bundle/data/microscopy.py: section must be training, validation or test, got {section!r}.")
+        raise InputError(f"section must be training, validation or test, got {section!r}.")
     pool = data.get("training", [])
     if section != "test":
         if any("fold" not in item for item in pool):
-            raise ValueError(
-                f"bundle/data/microscopy.py: {datalist} has training cases without a 'fold' key; write it with "
-                f"scripts/prepare_microscopy.py (or add fold indices 0..K-1)."
+            raise InputError(
+                f"{datalist} has training cases without a 'fold' key; write it with "
+                f"scripts/data/prepare_microscopy.py (or add fold indices 0..K-1)."
             )
         if not 0 <= int(fold) < num_folds:
-            raise ValueError(
-                f"bundle/data/microscopy.py: fold must be in 0..{num_folds - 1} for {datalist}, got {fold}."
-            )
+            raise InputError(f"fold must be in 0..{num_folds - 1} for {datalist}, got {fold}.")
         keep = (lambda k: k != fold) if section == "training" else (lambda k: k == fold)
         items = [item for item in pool if keep(int(item["fold"]))]
     else:
@@ -396,146 +380,19 @@ def fold_items(
             k: (v if os.path.isabs(v) else os.path.join(root, v)) for k, v in item.items() if k in ("image", "label")
         }
         if section != "test" and os.path.normpath(entry["image"]) in test_images:
-            raise ValueError(f"bundle/data/microscopy.py: {entry['image']} is both a {section} and a test case.")
+            raise InputError(f"{entry['image']} is both a {section} and a test case.")
         out.append(entry)
     return out
 
 
 def write_fold_files(datalist: str, out_dir: Optional[str] = None) -> List[str]:
     """Writes ``val_fold_<k>.txt`` (one image name per line, as the official driver) for the record."""
-    with open(datalist) as f:
-        data = json.load(f)
+    data = read_datalist(datalist)
     out_dir = out_dir or os.path.dirname(os.path.abspath(datalist))
     paths = []
     for k in range(int(data["num_folds"])):
         names: Sequence[str] = [os.path.basename(i["image"]) for i in data["training"] if int(i["fold"]) == k]
         path = os.path.join(out_dir, f"val_fold_{k + 1}.txt")
-        with open(path, "w") as f:
-            f.write("\n".join(names) + "\n")
+        atomic_write_text(path, "\n".join(names) + "\n")
         paths.append(path)
     return paths
-
-
-# --- Real-image demo: the stardist 0.9.2 nuclei image (2018 Data Science Bowl) -----------------------------------
-
-STARDIST_VERSION = "0.9.2"
-STARDIST_SHA256 = {
-    "img2d.tif": "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750",
-    "mask2d.tif": "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f",
-}
-_STARDIST_MEMBER = "stardist/data/images/"
-
-
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def fetch_stardist_images(cache: str) -> Dict[str, str]:
-    """Fetches ``img2d.tif``/``mask2d.tif`` from the stardist 0.9.2 package (PyPI via pip) and checks their sha256.
-
-    ``pip download stardist==0.9.2 --no-deps`` brings a wheel or the sdist, whichever pip picks for this platform;
-    both contain ``stardist/data/images/``. Only the two files are extracted, and only after their hashes match.
-
-    Args:
-        cache: folder for the package and the extracted files (reused when already there).
-
-    Returns:
-        ``{"img2d.tif": path, "mask2d.tif": path}``.
-    """
-    import glob
-    import subprocess
-    import sys
-    import tarfile
-    import zipfile
-
-    os.makedirs(cache, exist_ok=True)
-    out = {name: os.path.join(cache, name) for name in STARDIST_SHA256}
-    if all(os.path.isfile(p) and _sha256_bytes(open(p, "rb").read()) == STARDIST_SHA256[n] for n, p in out.items()):
-        return out
-    archives = glob.glob(os.path.join(cache, f"stardist-{STARDIST_VERSION}*"))
-    if not archives:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"stardist=={STARDIST_VERSION}", "-d", cache]
-        subprocess.run(cmd, check=True)
-        archives = glob.glob(os.path.join(cache, f"stardist-{STARDIST_VERSION}*"))
-    if not archives:
-        raise ValueError(
-            f"bundle/data/microscopy.py: pip download of stardist=={STARDIST_VERSION} left no file in {cache}."
-        )
-    archive = sorted(archives)[0]
-    for name, digest in STARDIST_SHA256.items():
-        if archive.endswith(".whl"):
-            with zipfile.ZipFile(archive) as z:
-                data = z.read(_STARDIST_MEMBER + name)
-        else:
-            with tarfile.open(archive) as tar:
-                member = next(m for m in tar.getmembers() if m.name.endswith(_STARDIST_MEMBER + name))
-                data = tar.extractfile(member).read()
-        if _sha256_bytes(data) != digest:
-            raise ValueError(
-                f"bundle/data/microscopy.py: {name} in {archive} has sha256 {_sha256_bytes(data)}, expected {digest}; "
-                f"delete {cache} and fetch stardist=={STARDIST_VERSION} again."
-            )
-        tmp = out[name] + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out[name])
-    return out
-
-
-def build_stardist_demo(dest: str, cache: str, val_rows: int = 128) -> str:
-    """Splits the stardist nuclei image: left half trains (minus a validation strip), right half tests.
-
-    The 512×512 fluorescence image (uint16 file, values 0–235, written here as lossless 8-bit PNGs) and its
-    instance mask (125 nuclei, binarised) are cut into: ``train`` = left half without its bottom ``val_rows`` rows,
-    ``val`` = that bottom strip of the left half (model selection / early stopping), ``test`` = the right half,
-    never used before the final evaluation. The datalist has two "folds" (0 = the validation strip), so the
-    ordinary configs run with ``--fold 0``.
-
-    Args:
-        dest: output folder (``imagesTr``, ``labelsTr``, ``imagesTs``, ``labelsTs``, ``dataset.json``).
-        cache: where the stardist package and the two TIFFs are kept.
-        val_rows: height of the validation strip.
-
-    Returns:
-        Path of the datalist.
-    """
-    import tifffile
-    from PIL import Image
-
-    files = fetch_stardist_images(cache)
-    img, mask = tifffile.imread(files["img2d.tif"]), tifffile.imread(files["mask2d.tif"])
-    if img.max() > 255:  # not the case for the pinned file (max 235); keep the demo general
-        img = img.astype(np.float64) * 255.0 / img.max()
-    img, mask = img.astype(np.uint8), ((mask > 0) * 255).astype(np.uint8)
-    h, w = img.shape
-    half = w // 2
-    parts = {
-        "train": (img[: h - val_rows, :half], mask[: h - val_rows, :half], "Tr"),
-        "val": (img[h - val_rows :, :half], mask[h - val_rows :, :half], "Tr"),
-        "test": (img[:, half:], mask[:, half:], "Ts"),
-    }
-    items = {}
-    for name, (im, ma, sub) in parts.items():
-        os.makedirs(os.path.join(dest, f"images{sub}"), exist_ok=True)
-        os.makedirs(os.path.join(dest, f"labels{sub}"), exist_ok=True)
-        Image.fromarray(im).save(os.path.join(dest, f"images{sub}", f"nuclei_{name}.png"))
-        Image.fromarray(ma).save(os.path.join(dest, f"labels{sub}", f"nuclei_{name}.png"))
-        items[name] = {"image": f"images{sub}/nuclei_{name}.png", "label": f"labels{sub}/nuclei_{name}.png"}
-    datalist = {
-        "name": f"stardist {STARDIST_VERSION} nuclei demo (2018 Data Science Bowl image)",
-        "layout": "stardist-demo",
-        "num_folds": 2,
-        "seed": None,
-        "fold_rule": (
-            f"left half rows 0..{h - val_rows - 1} train (fold 1), left half rows {h - val_rows}..{h - 1} "
-            f"validate (fold 0), right half = test; run with --fold 0"
-        ),
-        "training": [dict(items["train"], fold=1), dict(items["val"], fold=0)],
-        "test": [items["test"]],
-    }
-    path = os.path.join(dest, "dataset.json")
-    with open(path, "w") as f:
-        json.dump(datalist, f, indent=1)
-    return path

@@ -14,7 +14,6 @@ The image is copied unchanged (HU; windowing happens in the transforms); the lab
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
@@ -22,11 +21,19 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-__all__ = ["ORGANS", "BTCV_TO_SYNAPSE", "TRANSUNET_TEST_CASES", "remap_labels", "write_datalist", "prepare_btcv"]
+from bundle.errors import InputError
+from bundle.io.datalist import write_datalist
+
+HU_WINDOW = (-125.0, 275.0)
+
 
 ORGANS = ("spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas")
+
+
 # BTCV ids: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 6 liver, 7 stomach, 8 aorta, 11 pancreas.
 BTCV_TO_SYNAPSE: Dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8}
+
+
 TRANSUNET_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
 
 
@@ -38,20 +45,10 @@ def remap_labels(label: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     return lut[np.clip(label, 0, None).astype(np.int64)]
 
 
-def write_datalist(path: str, sections: Mapping[str, Sequence[Mapping[str, str]]], **extra) -> str:
-    """Writes a decathlon-style datalist (``training``/``validation``/``test`` lists of path dicts)."""
-    content = dict(extra)
-    content.update({k: list(v) for k, v in sections.items()})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(content, f, indent=4)
-    return path
-
-
 def _case_id(name: str) -> int:
     match = re.search(r"(\d+)", os.path.basename(name))
     if match is None:
-        raise ValueError(f"bundle/data/synapse.py: no case number in file name {name}.")
+        raise InputError(f"no case number in file name {name}.")
     return int(match.group(1))
 
 
@@ -78,12 +75,12 @@ def prepare_btcv(
     """
     img_dir, lab_dir = os.path.join(src, "img"), os.path.join(src, "label")
     if not os.path.isdir(img_dir) or not os.path.isdir(lab_dir):
-        raise ValueError(f"bundle/data/synapse.py: {src} must contain img/ and label/ (raw BTCV layout).")
+        raise InputError(f"{src} must contain img/ and label/ (raw BTCV layout).")
     images = {_case_id(f): os.path.join(img_dir, f) for f in os.listdir(img_dir) if f.endswith((".nii", ".nii.gz"))}
     labels = {_case_id(f): os.path.join(lab_dir, f) for f in os.listdir(lab_dir) if f.endswith((".nii", ".nii.gz"))}
     missing = sorted(set(images) ^ set(labels))
     if missing:
-        raise ValueError(f"bundle/data/synapse.py: cases {missing} have an image or a label but not both in {src}.")
+        raise InputError(f"cases {missing} have an image or a label but not both in {src}.")
     for sub in ("imagesTr", "labelsTr"):
         os.makedirs(os.path.join(dst, sub), exist_ok=True)
     entries: Dict[int, Dict[str, str]] = {}
@@ -93,9 +90,7 @@ def prepare_btcv(
         nib.save(img, os.path.join(dst, "imagesTr", name))
         lab = nib.load(labels[case])
         if lab.shape != img.shape:
-            raise ValueError(
-                f"bundle/data/synapse.py: label shape {lab.shape} != image shape {img.shape} ({labels[case]})."
-            )
+            raise InputError(f"label shape {lab.shape} != image shape {img.shape} ({labels[case]}).")
         out = nib.Nifti1Image(remap_labels(np.asarray(lab.dataobj), BTCV_TO_SYNAPSE), img.affine, header=img.header)
         out.set_data_dtype(np.uint8)
         out.header.set_slope_inter(1.0, 0.0)
@@ -106,9 +101,10 @@ def prepare_btcv(
     if validation_from_test:
         sections["validation"] = sections["test"]
     return write_datalist(
-        os.path.join(dst, "dataset.json"), sections, name="Synapse (BTCV) 8 organs", labels=_label_names()
+        os.path.join(dst, "dataset.json"), sections, name="Synapse (BTCV) 8 organs", labels=label_names()
     )
 
 
-def _label_names() -> Dict[str, str]:
+def label_names() -> Dict[str, str]:
+    """The datalist's "labels" entry: label id (as text) → organ name, background included."""
     return {"0": "background", **{str(i + 1): n for i, n in enumerate(ORGANS)}}

@@ -1,6 +1,7 @@
-"""Tiny synthetic CT cases (NIfTI, HU-like, two organs) and a decathlon datalist, for checks that need data.
+"""Synthetic data for checks that need data: tiny CT cases (NIfTI, HU-like, two organs) with a decathlon datalist,
+a CT written as a DICOM series, and stand-in dermoscopy images.
 
-The model zoo's CI runs each workflow on small random files written by its unit tests; ``scripts/verify_bundle.py``
+The model zoo's CI runs each workflow on small random files written by its unit tests; ``scripts/release/verify_bundle.py``
 and the tests do the same with these cases.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["write_synthetic_case", "write_synthetic_dataset", "write_dicom_series"]
+__all__ = ["write_synthetic_case", "write_synthetic_dataset", "write_body_ct", "write_dicom_series", "synthetic_lesion"]
 
 
 def write_synthetic_case(
@@ -73,6 +74,21 @@ def write_synthetic_dataset(dest: str, n_cases: int = 2, shape: Sequence[int] = 
     return path
 
 
+def write_body_ct(path: str, shape: Sequence[int] = (512, 512, 200), seed: int = 0) -> None:
+    """A CT-sized int16 NIfTI without labels, for speed and memory benchmarks: a body-like ellipse (soft tissue, one
+    organ) in air, with noise, 0.7 × 0.7 × 3 mm."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    body = ((yy - 256) / 200.0) ** 2 + ((xx - 256) / 150.0) ** 2 < 1
+    organ = ((yy - 230) / 60.0) ** 2 + ((xx - 300) / 40.0) ** 2 < 1
+    vol = np.full(shape, -1000, np.int16)
+    for z in range(shape[2]):
+        sl = np.where(body, 40, -1000) + np.where(organ, 60 + z % 20, 0)
+        vol[:, :, z] = (sl + rng.normal(0, 15, shape[:2])).astype(np.int16)
+    affine = np.diag([0.7, 0.7, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine), str(path))
+
+
 def write_dicom_series(image_path: str, folder: str) -> str:
     """Writes a NIfTI CT as a DICOM CT series folder (one int16 file per slice, HU), as a scanner export would.
 
@@ -121,3 +137,27 @@ def _write_dicom_series(sitk, image_path: str, folder: str) -> str:
         writer.SetFileName(os.path.join(folder, f"IM{k + 1:04d}.dcm"))
         writer.Execute(sl)
     return folder
+
+
+def synthetic_lesion(h: int, w: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A stand-in "dermoscopy" image for tests and smoke runs: skin tone + noise with one dark elliptical lesion.
+
+    Not a dermoscopy image: it only exercises loading, the split, training, evaluation and inference.
+
+    Args:
+        h: height in pixels.
+        w: width in pixels.
+        rng: random generator (lesion centre and radii, then the noise, are drawn from it in that order).
+
+    Returns:
+        ``(image, mask)``: uint8 RGB (h, w, 3) and the lesion as a uint8 0/255 mask (h, w).
+    """
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
+    ry, rx = h * rng.uniform(0.15, 0.3), w * rng.uniform(0.15, 0.3)
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    img = np.empty((h, w, 3))
+    img[:] = (205, 160, 140)
+    img[mask] = (95, 55, 45)
+    img += rng.normal(0, 8, img.shape)
+    return img.clip(0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)

@@ -6,7 +6,7 @@ Input layout::
     <src>/test_vol_h5/caseXXXX.npy.h5          image (D, 512, 512) float in [0, 1], label (D, 512, 512)
 
 The release's intensities are HU clipped to [-125, 275] and scaled to [0, 1]; we map them back to HU
-(``x·400 − 125``) so one pipeline (the HU window in ``bundle.transforms``) serves every source. Training slices
+(``x·400 − 125``) so one pipeline (the HU window in ``bundle.transforms.ct``) serves every source. Training slices
 are restacked per case in slice order, axial last ((H, W, D) with H, W = the npz rows, columns). The release has no
 spacing (TransUNet evaluates in voxels too), so the affine has 1 mm voxels and declares the slices' layout:
 rows toward the patient's posterior, columns toward the patient's left, slices toward superior (``PLS``, the
@@ -25,11 +25,13 @@ from typing import Dict, List
 import nibabel as nib
 import numpy as np
 
-from .synapse import _label_names, write_datalist
+from bundle.data.synapse import HU_WINDOW, label_names
+from bundle.errors import InputError
+from bundle.io.datalist import write_datalist
 
 __all__ = ["import_transunet"]
 
-_HU_LOW, _HU_RANGE = -125.0, 400.0
+_HU_LOW, _HU_RANGE = HU_WINDOW[0], HU_WINDOW[1] - HU_WINDOW[0]  # the release stores (HU - low) / range
 # voxel (row, column, slice) → RAS world: rows → posterior (−y), columns → patient's left (−x), slices → superior
 PLS_AFFINE = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -60,7 +62,7 @@ def import_transunet(src: str, dst: str, validation_from_test: bool = True) -> s
     npz_files = sorted(glob.glob(os.path.join(src, "train_npz", "*.npz")))
     h5_files = sorted(glob.glob(os.path.join(src, "test_vol_h5", "*.h5")))
     if not npz_files and not h5_files:
-        raise ValueError(f"bundle/data/transunet.py: {src} has neither train_npz/*.npz nor test_vol_h5/*.h5.")
+        raise InputError(f"{src} has neither train_npz/*.npz nor test_vol_h5/*.h5.")
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(dst, sub), exist_ok=True)
 
@@ -68,7 +70,7 @@ def import_transunet(src: str, dst: str, validation_from_test: bool = True) -> s
     for f in npz_files:
         match = re.match(r"(case\d+)_slice(\d+)\.npz$", os.path.basename(f))
         if match is None:
-            raise ValueError(f"bundle/data/transunet.py: {f} is not named caseXXXX_sliceYYY.npz.")
+            raise InputError(f"{f} is not named caseXXXX_sliceYYY.npz.")
         slices[match.group(1)].append((int(match.group(2)), f))
     training = []
     for case, items in sorted(slices.items()):
@@ -97,5 +99,5 @@ def import_transunet(src: str, dst: str, validation_from_test: bool = True) -> s
     if validation_from_test:
         sections["validation"] = test
     return write_datalist(
-        os.path.join(dst, "dataset.json"), sections, name="Synapse (TransUNet release)", labels=_label_names()
+        os.path.join(dst, "dataset.json"), sections, name="Synapse (TransUNet release)", labels=label_names()
     )

@@ -8,16 +8,15 @@ Everything else is renamed one to one and checked against the target model's key
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .msa2net import VARIANTS, MSA2Net
+from bundle.networks.msa2net import VARIANTS, MSA2Net
 
-__all__ = ["ConversionReport", "read_checkpoint", "convert_official_state_dict", "official_variant_of"]
+__all__ = ["ConversionReport", "convert_official_state_dict", "official_variant_of"]
 
 # Stage-local renames, applied to the part of a key after ``decoder_k.``; first match wins.
 _STAGE_RULES: List[Tuple[str, str]] = [
@@ -62,29 +61,6 @@ class ConversionReport:
         lines = [f"variant={self.variant} out_channels={self.out_channels}: {self.converted} tensors converted"]
         lines += [f"  dropped {n} keys: {why}" for why, n in sorted(reasons.items())]
         return "\n".join(lines)
-
-
-def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint with ``weights_only=True``: a raw state dict or one under ``state_dict``/``model``.
-
-    ``module.`` prefixes (DataParallel/DDP) are stripped.
-    """
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}). Give the .pth file that "
-            "the official train.py saved (a state dict of tensors)."
-        ) from err
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (found {type(obj).__name__}).")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def official_variant_of(state: Mapping[str, torch.Tensor]) -> str:
@@ -135,7 +111,7 @@ def convert_official_state_dict(
     """Convert an official MSA²Net state dict to ours for ``variant`` (``"released"`` or ``"paper"``).
 
     Args:
-        state: the official state dict (``module.`` already stripped, see :func:`read_checkpoint`).
+        state: the official state dict (``module.`` already stripped, see :func:`bundle.io.checkpoint.read_state_dict`).
         variant: which of our variants the checkpoint must become; it must match what the checkpoint holds.
 
     Returns:

@@ -8,26 +8,22 @@ one to one and checked against the target model's keys and shapes, so that
 
 Command line (writes a raw state dict)::
 
-    python -m bundle.networks.convert_sa2net official.pth sa2net.pt [--deep-supervision] [--mapping map.json]
+    python scripts/model/convert_official.py --network sa2net --src official.pth --dst sa2net.pt [--deep_supervision]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .convert import state_dict_mismatch
-from .sa2net import SA2Net
+from bundle.networks.convert import state_dict_mismatch
+from bundle.networks.sa2net import SA2Net
 
-__all__ = ["SA2NetConversionReport", "read_checkpoint", "rename_official_key", "convert_official_state_dict"]
+__all__ = ["SA2NetConversionReport", "rename_official_key", "convert_official_state_dict"]
 
 # Keys every official MyNet state dict has (one per part); used to recognise the architecture.
 _SIGNATURE = ("inc.conv.weight", "bottleneck.gcn1.project_in.weight", "up1.AG.psi.0.weight", "outc4.weight")
@@ -92,39 +88,6 @@ class SA2NetConversionReport:
         return "\n".join(lines)
 
 
-def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint with ``weights_only=True``: a raw state dict, or one under ``state_dict`` or ``model``.
-
-    ``module.`` prefixes (DataParallel/DDP) are stripped.
-
-    Raises:
-        ValueError: if the file is not a PyTorch checkpoint holding a state dict of tensors.
-    """
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}). Give a file saved with "
-            "torch.save holding the official model's state_dict()."
-        ) from err
-    return _unwrap(obj, str(path))
-
-
-def _unwrap(obj: object, where: str) -> Dict[str, torch.Tensor]:
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{where} does not hold a state dict of tensors (found {type(obj).__name__}); expected a raw state dict "
-            "or one under 'state_dict' or 'model'."
-        )
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
 def rename_official_key(key: str, deep_supervision: bool = True) -> Tuple[Optional[str], str]:
     """Our name for an official key, or ``(None, reason)`` for a key of a module that ours does not build.
 
@@ -180,7 +143,7 @@ def convert_official_state_dict(
 
     Examples::
 
-        >>> state = read_checkpoint("official_monuseg.pth")  # doctest: +SKIP
+        >>> state = bundle.io.checkpoint.read_state_dict("official_monuseg.pth")  # doctest: +SKIP
         >>> converted, report = convert_official_state_dict(state)  # doctest: +SKIP
         >>> SA2Net(report.in_channels, report.out_channels).load_state_dict(converted, strict=True)  # doctest: +SKIP
     """
@@ -209,6 +172,19 @@ def convert_official_state_dict(
     return converted, report
 
 
+def _unwrap(obj: object, where: str) -> Dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{where} does not hold a state dict of tensors (found {type(obj).__name__}); expected a raw state dict "
+            "or one under 'state_dict' or 'model'."
+        )
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
 def _check_against_model(converted: Mapping[str, torch.Tensor], report: SA2NetConversionReport) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         expected = SA2Net(
@@ -222,27 +198,3 @@ def _check_against_model(converted: Mapping[str, torch.Tensor], report: SA2NetCo
             f"{report.deep_supervision}) after renaming: " + "; ".join(problems) + ". It may be truncated or come "
             "from a modified SA2-Net."
         )
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="official checkpoint (.pth/.pt)")
-    parser.add_argument("target", help="where to write the converted raw state dict")
-    parser.add_argument("--deep-supervision", action="store_true", help="keep outc1-3 as aux_heads")
-    parser.add_argument(
-        "--mapping", help="also write {official_key: our_key or null} as JSON (for the official harness' compare)"
-    )
-    args = parser.parse_args(argv)
-    state = read_checkpoint(args.source)
-    converted, report = convert_official_state_dict(state, deep_supervision=args.deep_supervision)
-    torch.save(converted, args.target)
-    if args.mapping:
-        mapping = {k: rename_official_key(k, args.deep_supervision)[0] for k in state}
-        with open(args.mapping, "w") as fh:
-            json.dump(mapping, fh, indent=1)
-    print(report.summary())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,24 +57,13 @@ class TimmEncoder(nn.Module):
 
 
 def _read_checkpoint(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zips, non-torch files
+    try:  # timm's reader: safetensors or torch (weights_only), unwraps state_dict/model/EMA, strips module.
+        return timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as err:  # pickle errors, truncated zips, non-torch files, no state dict inside
         raise ValueError(
             f"Could not read encoder weights from {path}: {err}. Give a timm checkpoint (.pth/.bin) or a "
             ".safetensors file holding a plain state dict of tensors."
         ) from err
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise ValueError(f"Encoder weights file {path} holds a {type(obj).__name__}, not a state dict.")
-    return obj
 
 
 def load_encoder_state_dict(model: nn.Module, weights: Union[str, os.PathLike]) -> None:

@@ -1,4 +1,4 @@
-"""Parameter and MAC accounting for MSA²Net variants (used by ``scripts/model_info.py`` and the docs)."""
+"""Parameter and MAC accounting for MSA²Net variants (used by ``scripts/model/model_info.py`` and the docs)."""
 
 from __future__ import annotations
 

@@ -29,9 +29,9 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .blocks.decoder_stage import BLOCK_TYPES, LAYOUTS, DecoderStage
-from .blocks.patch_expand import PatchExpand
-from .encoders import TimmEncoder
+from bundle.networks.blocks.decoder_stage import BLOCK_TYPES, LAYOUTS, DecoderStage
+from bundle.networks.blocks.patch_expand import PatchExpand
+from bundle.networks.encoders import TimmEncoder
 
 __all__ = ["MSA2Net", "MSA2NetConfig", "VARIANTS"]
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks.aua import AdaptiveUpAttention, conv_bn_relu
-from .blocks.sa2 import ScaleAwareAttention
+from bundle.networks.blocks.aua import AdaptiveUpAttention, conv_bn_relu
+from bundle.networks.blocks.sa2 import ScaleAwareAttention
 
 __all__ = ["SA2Net"]
 

@@ -1,9 +1,9 @@
 """Building blocks, one concept per module, each with the paper's equations in its docstring."""
 
-from .dae_former import DAEFormerBlock
-from .decoder_stage import DecoderStage
-from .lka import LKABlock
-from .masag import MASAG, SkipAdd
-from .patch_expand import PatchExpand
+from bundle.networks.blocks.dae_former import DAEFormerBlock
+from bundle.networks.blocks.decoder_stage import DecoderStage
+from bundle.networks.blocks.lka import LKABlock
+from bundle.networks.blocks.masag import MASAG, SkipAdd
+from bundle.networks.blocks.patch_expand import PatchExpand
 
 __all__ = ["MASAG", "SkipAdd", "LKABlock", "DAEFormerBlock", "PatchExpand", "DecoderStage"]

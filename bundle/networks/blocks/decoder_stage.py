@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dae_former import DAEFormerBlock
-from .lka import LKABlock
-from .masag import MASAG, SkipAdd
-from .patch_expand import PatchExpand
+from bundle.networks.blocks.dae_former import DAEFormerBlock
+from bundle.networks.blocks.lka import LKABlock
+from bundle.networks.blocks.masag import MASAG, SkipAdd
+from bundle.networks.blocks.patch_expand import PatchExpand
 
 __all__ = ["LAYOUTS", "BLOCK_TYPES", "DecoderStage", "LKABlocks", "DAEFormerBlocks"]
 

@@ -1,0 +1,132 @@
+"""Errors the user can fix, and how they reach the terminal.
+
+:class:`InputError` (a ``ValueError``) is the one type for bad user input (data, checkpoints, command lines): its
+message names the user's file or option and the fix, never a source path. MONAI wraps errors raised inside transforms
+and config components in ``RuntimeError`` chains; :func:`prepare_run` (the first item of every config's ``run``)
+installs an exception hook that prints only the :class:`InputError` line of such a chain (``MSA2NET_TRACEBACK=1``
+shows the full traceback) and refuses ``--id`` overrides that name no config id. The catalogue of messages is
+``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import sys
+from typing import Any, Mapping, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """Bad user input (data, checkpoint, command line). The message names the file and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def root_input_error(err: BaseException) -> Optional[str]:
+    """The :class:`InputError` message in ``err``'s cause/context chain (or in a DataLoader worker's text).
+
+    Project errors are recognised by type (never by message text), so a message stays true when code moves.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, InputError):
+            return str(err)
+        match = re.search(r"(?:bundle\.errors\.)?InputError: (.+)", str(err))
+        if match:
+            return match.group(1).strip()
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def install_error_hook() -> None:
+    """Uncaught exceptions that carry an :class:`InputError` print ``InputError: <message>`` only (exit code 1).
+
+    Set ``MSA2NET_TRACEBACK=1`` for the full traceback.
+    """
+    if getattr(sys.excepthook, "_msa2net", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        message = root_input_error(exc) if os.environ.get("MSA2NET_TRACEBACK", "0") in ("", "0") else None
+        if message is None:
+            previous(exc_type, exc, tb)
+            return
+        sys.stderr.write(f"InputError: {message}\n(MSA2NET_TRACEBACK=1 shows the full traceback)\n")
+        sys.stderr.flush()
+
+    hook._msa2net = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+_CLI_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+
+
+def _ids(config: Any, prefix: str = "") -> set:
+    out = set()
+    if isinstance(config, Mapping):
+        items = config.items()
+    elif isinstance(config, list):
+        items = ((str(i), v) for i, v in enumerate(config))
+    else:
+        return out
+    for k, v in items:
+        key = f"{prefix}#{k}" if prefix else str(k)
+        out.add(key)
+        out |= _ids(v, key)
+    return out
+
+
+def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
+    """Refuses ``--id value`` overrides whose id exists in none of the ``--config_file`` files (typos).
+
+    ``monai.bundle run`` silently adds an unknown id as a new, unused config entry (``--epohcs 5`` trains the
+    default number of epochs). Runs only for a ``monai.bundle`` command line; ids may use ``#`` or ``::``.
+
+    Raises:
+        InputError: naming the unknown id and the closest existing ones.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or "monai" not in argv[0] or "bundle" not in argv[0]:
+        return
+    pairs = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--")]
+    files = None
+    for i, a in enumerate(argv):
+        if a == "--config_file" and i + 1 < len(argv):
+            files = argv[i + 1]
+        elif a.startswith("--config_file="):
+            files = a.split("=", 1)[1]
+    if files is None:
+        return
+    from monai.bundle import ConfigParser
+
+    try:
+        config = ConfigParser.load_config_files(files)
+    except Exception:  # monai.bundle reports unreadable config files itself
+        return
+    known = _ids(config)
+    for raw in pairs:
+        key = raw.replace("::", "#")
+        parent, _, last = key.rpartition("#")
+        if key in _CLI_ARGS or key in known or key.startswith("+") or (last.startswith("_") and parent in known):
+            continue  # `--x#_disabled_ True` etc. are fine on an existing component
+        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+        hint = "did you mean " + ", ".join("--" + c for c in close) + "?" if close else "check the config's ids."
+        raise InputError(
+            f"unknown config id --{raw} (not in {files}): monai.bundle would add it as an unused entry and run "
+            f"with the default; {hint}"
+        )
+
+
+def prepare_run() -> None:
+    """First item of each config's ``run`` (custom code importable there): one-line errors, typo overrides refused."""
+    install_error_hook()
+    check_cli_overrides()
+
+
+class CasesFailed(InputError):
+    """Raised at the end of a run in which some cases could not be processed."""

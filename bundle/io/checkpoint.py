@@ -1,0 +1,187 @@
+"""The one checkpoint reader: ``weights_only`` loads with a one-line :class:`~bundle.errors.InputError` naming the
+file and the fix, checks of the weights against the network before anything changes, Ignite's loader with those
+checks, and the newest training checkpoint of a run (for resume)."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+from monai.handlers import CheckpointLoader
+
+from bundle.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def read_checkpoint(path: str, map_location=None, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; :class:`InputError` naming the file and the fix on failure.
+
+    ``mmap=True`` maps the file instead of reading it (cheap when only a small entry such as ``geometry`` is needed).
+    """
+    if not os.path.isfile(str(path)):
+        raise InputError(
+            f"checkpoint {path} does not exist: train first (configs/train.yaml writes models/model.pt), or give an "
+            "existing file with --ckpt_path (official weights: scripts/model/convert_official.py)."
+        )
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:
+        glob = re.search(r"unsupported global:? (GLOBAL )?([\w.]+)", str(err), re.IGNORECASE)
+        if glob:
+            why = f"holds pickled Python objects ({glob.group(2)}) that a weights-only load refuses as unsafe"
+            fix = "re-save it as a plain state dict (torch.save(model.state_dict(), path)) from a trusted copy"
+        else:
+            why = f"is not a PyTorch checkpoint ({type(err).__name__})"
+            fix = "give the .pt file this bundle wrote (models/model.pt or runs/…/checkpoints/*.pt)"
+        raise InputError(f"checkpoint {path} {why}: {fix}.") from None
+
+
+def check_checkpoint(path: str, load_dict: Mapping[str, Any], map_location=None) -> Dict[str, Any]:
+    """Loads ``path`` with ``weights_only=True`` and checks it against ``load_dict`` before anything is changed.
+
+    Args:
+        path: checkpoint file.
+        load_dict: ``{"model": network, "optimizer": …}`` as for ``CheckpointLoader``; a bare state dict checkpoint
+            is accepted for a single object.
+        map_location: as for ``torch.load``.
+
+    Returns:
+        The checkpoint as a dict keyed like ``load_dict``.
+
+    Raises:
+        InputError: missing / unreadable / unsafe file, missing objects, or model weights of another network,
+            variant or class count.
+    """
+    ckpt = read_checkpoint(path, map_location)
+    if not isinstance(ckpt, Mapping):
+        raise InputError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: give a state-dict checkpoint.")
+    first = next(iter(load_dict))
+    if len(load_dict) == 1 and first not in ckpt:
+        ckpt = {first: ckpt}
+    missing = [k for k in load_dict if k not in ckpt]
+    if missing:
+        raise InputError(
+            f"checkpoint {path} lacks {missing} (has {sorted(ckpt)[:8]}): resume needs a full training checkpoint "
+            "(runs/…/checkpoints/checkpoint_*.pt), not the best-model file models/model.pt."
+        )
+    ckpt = dict(ckpt)
+    for key, obj in load_dict.items():
+        if isinstance(obj, torch.nn.Module):
+            ckpt[key] = _drop_training_only(ckpt[key], obj)
+            _check_state(path, ckpt[key], obj)
+    return ckpt
+
+
+# Heads that only train (SA2-Net's deep supervision): a network built without them ignores their weights.
+TRAINING_ONLY_PREFIXES = ("aux_heads.",)
+
+
+def _drop_training_only(state: Any, net: torch.nn.Module) -> Any:
+    if not isinstance(state, Mapping):
+        return state
+    own = getattr(net, "module", net).state_dict()
+    return {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
+def _check_state(path: str, state: Any, net: torch.nn.Module) -> None:
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"checkpoint {path} does not hold model weights (a dict of tensors).")
+    net = getattr(net, "module", net)  # DDP
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    expected = net.state_dict()
+    what = _describe(net)
+    if any(k.startswith("backbone.backbone.") for k in state) and not any(k.startswith("backbone.") for k in expected):
+        raise InputError(
+            f"checkpoint {path} is an official MSA²Net checkpoint (keys 'backbone.backbone.*'): convert it first with "
+            "scripts/model/convert_official.py --src <file> --dst models/model.pt --variant auto."
+        )
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    head = [s for s in shapes if s[0].startswith(("head.", "out.", "final"))]
+    if head and not missing and not unexpected and len(head) == len(shapes):
+        k, got, want = head[0]
+        raise InputError(
+            f"checkpoint {path} was trained for {got[0]} classes ({k} {got}) but the config builds {want[0]} "
+            f"({what}): set --num_classes {got[0]} or give a {want[0]}-class checkpoint."
+        )
+    stem = [s for s in shapes if "stem" in s[0] and len(s[1]) == 4 and s[1][1] != s[2][1]]
+    if stem and not missing and not unexpected and len(stem) == len(shapes):
+        k, got, want = stem[0]
+        raise InputError(
+            f"checkpoint {path} expects {got[1]} input channels but the config builds {want[1]} ({what}): set "
+            f"--in_channels {got[1]} (1 for CT, 3 for RGB) or give a matching checkpoint."
+        )
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} of other shapes (e.g. {shapes[0][0]} {shapes[0][1]} vs {shapes[0][2]})")
+    raise InputError(
+        f"checkpoint {path} is for another network or variant than the config's {what}: {'; '.join(parts)}. "
+        "Set --variant (and --num_classes) to those the checkpoint was trained with, or give its matching checkpoint."
+    )
+
+
+def _describe(net: torch.nn.Module) -> str:
+    variant = getattr(getattr(net, "config", None), "name", None) or getattr(net, "variant", None)
+    return type(net).__name__ + (f" variant={variant!r}" if variant else "")
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` that checks the file first (:func:`check_checkpoint`) and loads ``weights_only``.
+
+    Same arguments as ``monai.handlers.CheckpointLoader``. A mismatch raises :class:`InputError` before any weight
+    is changed, instead of torch's ``load_state_dict`` key listing.
+    """
+
+    def __call__(self, engine) -> None:
+        if self.strict_shape:
+            check_checkpoint(self.load_path, self.load_dict, self.map_location)
+        super().__call__(engine)  # MONAI 1.6.1 loads with weights_only=True itself
+
+
+def latest_checkpoint(ckpt_dir: str, pattern: str = "checkpoint*.pt") -> Optional[str]:
+    """Newest resume checkpoint (model, optimizer, scheduler, trainer) in ``ckpt_dir``, or None.
+
+    ``CheckpointSaver`` writes ``checkpoint_epoch=N.pt`` every epoch and ``checkpoint_final_iteration=N.pt`` when the
+    run ends or raises (Ctrl-C included); the newest by modification time wins.
+    """
+    files = glob.glob(os.path.join(ckpt_dir, pattern))
+    return max(files, key=os.path.getmtime) if files else None
+
+
+def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Dict[str, torch.Tensor]:
+    """Network weights from any checkpoint file this bundle meets, ``weights_only``.
+
+    Accepted: a bare state dict, or one under ``model`` (this bundle's files), ``state_dict`` or ``state_dict_ema``
+    (other trainers, official releases); ``module.`` prefixes (DataParallel/DDP) are removed.
+
+    Raises:
+        InputError: missing or unreadable file, or no state dict of tensors inside.
+    """
+    obj = read_checkpoint(str(path), map_location)
+    for key in ("model", "state_dict", "state_dict_ema"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(
+            f"checkpoint {path} does not hold a state dict of tensors (found {type(obj).__name__}): give a raw "
+            "state dict or one under 'model' or 'state_dict'."
+        )
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}

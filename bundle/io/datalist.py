@@ -1,0 +1,140 @@
+"""Decathlon-style datalists: read a section with every listed file checked, list a section's image paths for
+inference, and write one atomically."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from bundle.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def read_datalist(datalist: str) -> Dict[str, Any]:
+    """The JSON object of a datalist file (every datalist reader starts here).
+
+    Raises:
+        InputError: the file is missing, not JSON, or not a JSON object.
+    """
+    datalist = str(datalist)
+    if not os.path.isfile(datalist):
+        raise InputError(
+            f"datalist {datalist} does not exist: give an existing decathlon JSON with --datalist, or set "
+            "--dataset_dir to the folder holding dataset.json (scripts/data/prepare_synapse.py writes one)."
+        )
+    try:
+        with open(datalist) as f:
+            content = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"datalist {datalist} is not valid JSON ({err}): fix the file or regenerate it.") from None
+    if not isinstance(content, dict):
+        raise InputError(f"datalist {datalist} must be a JSON object with 'training' etc. lists, not a list/value.")
+    return content
+
+
+# ----------------------------------------------------------------------------------------------- datalists
+def load_datalist(
+    datalist: str,
+    section: str = "training",
+    base_dir: Optional[str] = None,
+    keys: Sequence[str] = ("image", "label"),
+    allow_empty: bool = False,
+) -> List[Dict[str, Any]]:
+    """Reads a decathlon datalist section and checks it before any volume is loaded.
+
+    Args:
+        datalist: the JSON file.
+        section: ``training`` / ``validation`` / ``test``.
+        base_dir: base of relative paths (default: the datalist's folder).
+        keys: keys every item must have (``image`` and, for training/evaluation, ``label``).
+        allow_empty: accept an empty section (returns ``[]``).
+
+    Returns:
+        The items with absolute paths, as ``monai.data.load_decathlon_datalist`` returns them.
+
+    Raises:
+        InputError: the file is missing or not JSON, the section is absent/empty/not a list, an item lacks a key,
+            or a listed file does not exist.
+    """
+    datalist = str(datalist)
+    content = read_datalist(datalist)
+    if section not in content:
+        raise InputError(
+            f"datalist {datalist} has no {section!r} section (found {sorted(content)}): add it, or choose another "
+            "section (evaluate: --eval_section, inference: --data_list_key)."
+        )
+    items = content[section]
+    if not isinstance(items, list):
+        raise InputError(f"datalist {datalist}: section {section!r} must be a list of {{'image': …}} items.")
+    if not items and not allow_empty:
+        raise InputError(f"datalist {datalist}: section {section!r} is empty: list at least one case in it.")
+    root = str(base_dir) if base_dir else os.path.dirname(os.path.abspath(datalist))
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and list(keys) == ["image"]:
+            item = {"image": item}
+        if not isinstance(item, dict):
+            raise InputError(
+                f"datalist {datalist}: {section}[{i}] is {item!r}; each item must be a dict {dict.fromkeys(keys, '…')}."
+            )
+        missing = [k for k in keys if k not in item]
+        if missing:
+            hint = difflib.get_close_matches(missing[0], list(item), n=1)
+            raise InputError(
+                f"datalist {datalist}: {section}[{i}] has keys {sorted(item)} but needs {list(keys)} "
+                f"(missing {missing}{'; rename ' + repr(hint[0]) + ' to ' + repr(missing[0]) if hint else ''})."
+            )
+        entry = dict(item)
+        for k in keys:
+            path = str(entry[k])
+            path = path if os.path.isabs(path) else os.path.join(root, path)
+            if not os.path.exists(path):
+                raise InputError(
+                    f"datalist {datalist}: {section}[{i}][{k!r}] = {item[k]!r} does not exist (looked for {path}): "
+                    "fix the path or remove the case; relative paths are resolved against --dataset_dir."
+                )
+            entry[k] = path
+        out.append(entry)
+    return out
+
+
+def datalist_image_paths(
+    datalist: str, section: str, base_dir: Optional[str] = None, origin: str = "bundle"
+) -> List[str]:
+    """The ``image`` paths of one section of a decathlon JSON, relative ones joined to ``base_dir``.
+
+    Args:
+        datalist: the JSON file.
+        section: its section (``test``, ``validation`` …); items are ``{"image": path, ...}`` dicts or bare paths.
+        base_dir: base of relative paths (default: the datalist's folder).
+        origin: the module named in error messages.
+
+    Raises:
+        ValueError: the file is missing (saying to pass ``--input`` or ``--datalist``) or has no such section.
+    """
+    if not os.path.isfile(datalist):
+        raise ValueError(
+            f"{origin}: no --input given and datalist {datalist} does not exist: pass --input "
+            "<file|folder|list> or --datalist <decathlon JSON>."
+        )
+    with open(datalist) as f:
+        items = json.load(f).get(section)
+    if items is None:
+        raise ValueError(f"{origin}: datalist {datalist} has no {section!r} section.")
+    root = base_dir or os.path.dirname(os.path.abspath(datalist))
+    paths = [item["image"] if isinstance(item, dict) else item for item in items]
+    return [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
+
+
+def write_datalist(path: str, sections: Mapping[str, Sequence[Mapping[str, str]]], **extra) -> str:
+    """Writes a decathlon-style datalist (``training``/``validation``/``test`` lists of path dicts)."""
+    content = dict(extra)
+    content.update({k: list(v) for k, v in sections.items()})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(content, f, indent=4)
+    return path

@@ -1,0 +1,271 @@
+"""Where a CT volume's voxels lie in the patient, and how an axial slice reaches the 224² network grid.
+
+Two settings decide what the network sees; training saves them with every checkpoint (``"geometry"`` entry) and
+inference and evaluation apply the checkpoint's own (:func:`checkpoint_geometry`):
+
+* ``axcodes`` -- the canonical storage order every volume is turned into before slicing (MONAI ``Orientationd``:
+  flips and axis permutations only, never a resampling). The letters name where each array axis points
+  (nibabel/MONAI convention): the default ``"PLS"`` puts rows toward the patient's posterior and columns toward the
+  patient's left -- the radiological axial view -- and slices last. It is the layout of TransUNet's preprocessed
+  Synapse slices that the official MSA²Net weights were trained on (evidence in ``docs/orientation.md``), so
+  converted official weights see what they were trained on, whatever order a file is stored in.
+* ``pixel_size`` -- ``None`` (the official recipe): every slice is resized whole to the network grid, so the
+  network's pixel size is the slice's field of view / 224. A number ``p`` (mm): each slice is sampled onto a
+  224 × 224 grid of ``p`` mm pixels centred on the slice centre (field of view ``224·p`` mm, cropped or padded with
+  air), in one interpolation, so scans of any pixel size and field of view look alike to the network.
+
+:func:`to_network_grid` (anti-aliasing + the :func:`network_grid_theta` sampling) is the one mapping from a slice to
+a physical-pixel-size network grid; the training transform (:class:`bundle.transforms.ct.NetworkGridd`), the slice table
+(:class:`bundle.training.slice_table.SliceTable`) and the volume inferer (:class:`bundle.inferers.axial.AxialSliceInferer`, which
+inverts it) all use it, so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from bundle.errors import InputError
+from bundle.io.checkpoint import read_checkpoint
+
+DEFAULT_AXCODES = "PLS"
+
+
+FROM_CHECKPOINT = "checkpoint"  # inference/evaluation value: apply what the checkpoint was trained with
+
+
+_PAIRS = ("LR", "AP", "SI")
+
+
+def check_axcodes(axcodes: Any) -> str:
+    """Returns ``axcodes`` upper-cased after checking the rule: three letters, one of each pair L/R, A/P, S/I, with
+    S or I last (slices stay along the last axis).
+
+    Raises:
+        InputError: the rule is broken.
+    """
+    code = str(axcodes).upper()
+    pairs = sorted(next((p for p in _PAIRS if c in p), "?") for c in code)
+    if len(code) != 3 or pairs != sorted(_PAIRS) or code[2] not in "SI":
+        raise InputError(
+            f"axcodes {axcodes!r} is not a storage order this bundle slices: give three letters, one of L/R, one of "
+            "A/P and S or I last (e.g. --axcodes PLS, the default and the official weights' order)."
+        )
+    return code
+
+
+def check_pixel_size(pixel_size: Any) -> Optional[float]:
+    """``None`` (whole-slice resize, the official recipe) or a positive float in mm.
+
+    Raises:
+        InputError: not a positive finite number.
+    """
+    if pixel_size is None or (isinstance(pixel_size, str) and pixel_size.lower() in ("none", "null", "")):
+        return None
+    try:
+        value = float(pixel_size)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(
+            f"pixel_size {pixel_size!r} is not a positive size in mm: give e.g. --pixel_size 1.6, or $None to resize "
+            "whole slices to the network grid (the official recipe)."
+        )
+    return value
+
+
+class Geometry:
+    """The storage order and network pixel size a network is trained and applied with; saved in checkpoints.
+
+    Has ``state_dict`` / ``load_state_dict``, so it goes into a ``CheckpointSaver``'s ``save_dict`` beside the
+    model. Loading a checkpoint made with other settings refuses with the options to pass (a resumed run must not
+    change what the network sees halfway).
+
+    Args:
+        axcodes: canonical storage order (:func:`check_axcodes`).
+        pixel_size: network pixel size in mm, or ``None`` (:func:`check_pixel_size`).
+
+    Examples::
+
+        >>> Geometry("PLS", 1.6).state_dict()
+        {'axcodes': 'PLS', 'pixel_size': 1.6}
+    """
+
+    def __init__(self, axcodes: str = DEFAULT_AXCODES, pixel_size: Optional[float] = None) -> None:
+        self.axcodes = check_axcodes(axcodes)
+        self.pixel_size = check_pixel_size(pixel_size)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Geometry":
+        return cls(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size"))
+
+    def state_dict(self) -> dict:
+        return {"axcodes": self.axcodes, "pixel_size": self.pixel_size}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        other = Geometry.from_state(state)
+        if other != self:
+            raise InputError(
+                f"the checkpoint was trained with {other.describe()} but this run is set to {self.describe()}: "
+                f"resume with {other.options()} (or start a new run in another --output_dir)."
+            )
+
+    def describe(self) -> str:
+        size = "whole-slice resize" if self.pixel_size is None else f"pixel_size {self.pixel_size:g} mm"
+        return f"axcodes {self.axcodes}, {size}"
+
+    def options(self) -> str:
+        return f"--axcodes {self.axcodes} --pixel_size {'$None' if self.pixel_size is None else f'{self.pixel_size:g}'}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Geometry) and other.state_dict() == self.state_dict()
+
+    def __repr__(self) -> str:
+        return f"Geometry(axcodes={self.axcodes!r}, pixel_size={self.pixel_size!r})"
+
+
+def _saved_geometry(path: str) -> Optional[Geometry]:
+    if not os.path.isfile(path):  # not there yet (config checks before training): the checkpoint loader says so later
+        return None
+    ckpt = read_checkpoint(path, map_location="cpu", mmap=True)
+    state = ckpt.get("geometry") if isinstance(ckpt, Mapping) else None
+    return Geometry.from_state(state) if state else None  # a bare state dict (official weights): no constraint
+
+
+def checkpoint_geometry(
+    ckpt_path: Optional[str] = None,
+    ckpt_paths: Sequence[str] = (),
+    axcodes: str = FROM_CHECKPOINT,
+    pixel_size: Union[float, str, None] = FROM_CHECKPOINT,
+) -> Geometry:
+    """The geometry to apply a checkpoint (or an ensemble) with: the one saved in it, checked against overrides.
+
+    A checkpoint without a ``geometry`` entry (converted official weights, older files) gets the official one
+    (``PLS``, whole-slice resize). An explicit ``axcodes`` / ``pixel_size`` must agree with a saved one.
+
+    Args:
+        ckpt_path: the single checkpoint (used when ``ckpt_paths`` is empty).
+        ckpt_paths: ensemble members; all must have been trained with the same geometry.
+        axcodes: ``"checkpoint"`` or an explicit order.
+        pixel_size: ``"checkpoint"``, ``None`` or mm.
+
+    Raises:
+        InputError: members disagree, or an explicit setting contradicts the checkpoint.
+    """
+    paths = [str(p) for p in (ckpt_paths or [])] or ([str(ckpt_path)] if ckpt_path else [])
+    saved = {p: _saved_geometry(p) for p in paths}
+    found = {p: g for p, g in saved.items() if g is not None}
+    if len({repr(g) for g in found.values()}) > 1:
+        listing = "; ".join(f"{p}: {g.describe()}" for p, g in found.items())
+        raise InputError(
+            f"the ensemble's checkpoints were trained with different geometries ({listing}): "
+            "ensemble only checkpoints trained alike."
+        )
+    base = next(iter(found.values()), Geometry())
+    wanted = Geometry(
+        base.axcodes if axcodes == FROM_CHECKPOINT else axcodes,
+        base.pixel_size if pixel_size == FROM_CHECKPOINT else pixel_size,
+    )
+    if found and wanted != base:
+        path = next(iter(found))
+        raise InputError(
+            f"checkpoint {path} was trained with {base.describe()}, but {wanted.describe()} was asked for: drop "
+            f"--axcodes/--pixel_size (the checkpoint's own are applied) or pass {base.options()}."
+        )
+    return wanted
+
+
+def inplane_spacing(affine: Any) -> tuple:
+    """(row, column) pixel size in mm of the first two array axes of a 2D (3×3) or 3D (4×4) affine."""
+    aff = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)
+    spacing = np.linalg.norm(aff[:-1, :2], axis=0)
+    return float(spacing[0]), float(spacing[1])
+
+
+def network_grid_theta(
+    size: Sequence[int], spacing: Sequence[float], pixel_size: float, roi: Sequence[int]
+) -> torch.Tensor:
+    """``F.affine_grid`` matrix (2×3, align_corners=False) sampling a slice onto ``roi`` pixels of ``pixel_size`` mm.
+
+    Output normalised coordinate ``u`` (per axis, in [-1, 1] across the roi) reads the slice at ``u · s`` where
+    ``s = roi·pixel_size / (size·spacing)`` is the roi's extent over the slice's, both centred. ``s > 1`` pads
+    (the slice is smaller than the field of view), ``s < 1`` crops. The inverse mapping is ``diag(1/s)``.
+
+    Args:
+        size: slice (rows, columns) in pixels.
+        spacing: slice (row, column) pixel size in mm.
+        pixel_size: network pixel size in mm.
+        roi: network grid (rows, columns).
+    """
+    s_rows = roi[0] * pixel_size / (size[0] * spacing[0])
+    s_cols = roi[1] * pixel_size / (size[1] * spacing[1])
+    # affine_grid's first output coordinate is x (columns), the second y (rows)
+    return torch.tensor([[s_cols, 0.0, 0.0], [0.0, s_rows, 0.0]], dtype=torch.float32)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, axis: int, truncate: float = 3.0) -> torch.Tensor:
+    """Separable Gaussian along ``axis`` (-2 rows, -1 columns) of (N, C, H, W), one σ (pixels) per sample, zero
+    padding, kernel radius ``ceil(truncate · max σ)``; σ = 0 leaves a sample unchanged."""
+    radius = int(math.ceil(truncate * float(sigma.max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    weights = torch.exp(-0.5 * (offsets[None] / sigma.to(x).clamp_min(1e-6)[:, None]) ** 2)
+    weights = weights / weights.sum(1, keepdim=True)  # (N, K); σ = 0 → a unit impulse
+    n, c = x.shape[:2]
+    kernel = (
+        weights.repeat_interleave(c, 0)[:, None, :, None]
+        if axis == -2
+        else weights.repeat_interleave(c, 0)[:, None, None, :]
+    )
+    padding = (radius, 0) if axis == -2 else (0, radius)
+    out = torch.nn.functional.conv2d(x.reshape(1, n * c, *x.shape[-2:]), kernel, padding=padding, groups=n * c)
+    return out.reshape(x.shape)
+
+
+def to_network_grid(
+    x: torch.Tensor, spacing: torch.Tensor, pixel_size: float, roi: Sequence[int], mode: str = "bicubic"
+) -> tuple:
+    """Samples (N, C, H, W) slices onto ``roi`` pixels of ``pixel_size`` mm (:func:`network_grid_theta`).
+
+    Images (``mode`` other than nearest) are low-passed first where the network pixel is larger than the slice's:
+    a Gaussian of σ = (pixel_size / spacing − 1) / 2 pixels per axis (scikit-image's anti-aliasing rule), so a
+    0.7 mm scan shown at 2 mm is not a noisy, aliased picture the network never saw in training.
+
+    Args:
+        x: slices.
+        spacing: (N, 2) row/column pixel size in mm per slice.
+        pixel_size: network pixel size in mm.
+        roi: network grid (rows, columns).
+        mode: ``grid_sample`` mode (``bicubic`` images, ``nearest`` labels).
+
+    Returns:
+        ``(sampled, theta)``, ``theta`` (N, 2, 3) for the inverse mapping.
+    """
+    spacing = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1, 2)
+    h, w = x.shape[-2:]
+    theta = torch.stack([network_grid_theta((h, w), tuple(sp.tolist()), pixel_size, roi) for sp in spacing]).to(
+        x.device
+    )
+    if mode != "nearest":
+        sigma = ((pixel_size / spacing - 1.0) / 2.0).clamp_min(0.0).to(torch.float32)
+        for axis, column in ((-2, 0), (-1, 1)):
+            if float(sigma[:, column].max()) > 0.0:
+                x = gaussian_blur(x, sigma[:, column].to(x.device), axis)
+    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *roi], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False), theta
+
+
+def reorient_array(array: Any, affine: Any, axcodes: str = DEFAULT_AXCODES) -> np.ndarray:
+    """``array`` (3D, voxel order of ``affine``) flipped/permuted into ``axcodes`` order (nibabel; no resampling).
+
+    With the default ``PLS``, ``imshow(out[:, :, z])`` is the radiological axial view: anterior at the top, the
+    patient's left on the image's right, whatever order the file was stored in.
+    """
+    import nibabel as nib
+
+    current = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    target = nib.orientations.axcodes2ornt(tuple(check_axcodes(axcodes)))
+    return nib.orientations.apply_orientation(np.asarray(array), nib.orientations.ornt_transform(current, target))

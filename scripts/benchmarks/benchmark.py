@@ -1,0 +1,835 @@
+"""MSA²Net benchmarks: network forward / train step, whole-volume inference, data loader, side by side.
+
+Every sub-command writes a record ``docs/benchmarks/<name>.json`` and ``.md`` with the device, CPU/GPU model,
+library versions, dtype, batch size, threads, load average and date. Shared machines are noisy: on them only
+the ``side_by_side`` ratios (implementations timed alternately in one process) are comparable between
+implementations; absolute times are context.
+
+Examples::
+
+    python scripts/benchmarks/benchmark.py forward --threads 2                        # CPU: eager/onnx, fp32/bf16
+    python scripts/benchmarks/benchmark.py forward --device cuda --dtypes fp32,bf16,fp16 --batches 1,8,32,128
+    python scripts/benchmarks/benchmark.py volume --threads 2 --backend auto --batch 4
+    python scripts/benchmarks/benchmark.py side_by_side --threads 2 --official_repo /tmp/msa2net_src --rounds 10
+    python scripts/benchmarks/benchmark.py loader
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import fire
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo  # noqa: E402
+from bundle.data.synapse import remap_labels  # noqa: E402
+from bundle.data.synthetic import write_body_ct, write_synthetic_case  # noqa: E402
+from bundle.inferers.axial import AxialSliceInferer  # noqa: E402
+from bundle.inferers.backends import cpu_supports_bf16, optimize_for_inference  # noqa: E402
+from bundle.io.volume import SaveLabelNiftid  # noqa: E402
+from bundle.networks import MSA2Net  # noqa: E402
+from bundle.networks.convert import convert_official_state_dict  # noqa: E402
+from bundle.training.losses import BoundaryDoULoss, make_loss  # noqa: E402
+from bundle.transforms.ct import ct_volume_transforms  # noqa: E402
+from bundle.transforms.geometry import reorient_array  # noqa: E402
+
+OUT_DIR = ROOT / "docs" / "benchmarks"
+_LOAD_START = list(os.getloadavg())  # at process start, before any work
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# A harness script that builds the official network from a checkout (not part of this repository): --harness PATH
+# or the MSA2NET_OFFICIAL_HARNESS environment variable.
+HARNESS = os.environ.get("MSA2NET_OFFICIAL_HARNESS", "")
+_OFFICIAL_NAME = {"released": "released", "paper": "dae_v1"}
+
+
+# ----------------------------------------------------------------------------------------------- records
+def _cpu_model() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _environment(device: str, threads: int) -> dict:
+    def version(name: str) -> str:
+        try:
+            return __import__(name).__version__
+        except ImportError:
+            return "not installed"
+
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_native_bf16": cpu_supports_bf16(),
+        "threads": threads,
+        "loadavg_start": _LOAD_START,
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "timm", "monai", "onnxruntime", "numpy")},
+    }
+    if device.startswith("cuda"):
+        env["gpu_model"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def _md_table(rows: List[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(name: str, record: dict, command: str) -> None:
+    record["env"]["loadavg_end"] = list(os.getloadavg())
+    record["command"] = command
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    env = "\n".join(f"- {k}: {v}" for k, v in record["env"].items())
+    notes = "".join(f"- {n}\n" for n in record.get("notes", []))
+    md = f"# {name}\n\nCommand: `{command}`\n\n{env}\n\n{notes}\n{_md_table(record['rows'])}"
+    (OUT_DIR / f"{name}.md").write_text(md)
+    print(md)
+
+
+def _command() -> str:
+    return "python " + " ".join(
+        [str(Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0])] + sys.argv[1:]
+    )
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _split(value) -> List[str]:
+    # fire turns "a,b" into a tuple and "1" into an int; accept all of them.
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).split(",") if v]
+
+
+def _setup(threads: int, device: str) -> str:
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _build(variant: str, seed: int = 0) -> MSA2Net:
+    torch.manual_seed(seed)
+    return MSA2Net(in_channels=1, out_channels=9, variant=variant).eval()
+
+
+def _time(fn: Callable[[], object], device: str, warmup: int, reps: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _loss_fn():
+    """BoundaryDoULoss from ``bundle.training.losses`` when it exists, else a labelled placeholder (CE + soft Dice)."""
+    try:
+
+        return BoundaryDoULoss(), "bundle.training.losses.BoundaryDoULoss"
+    except Exception:
+        ce = torch.nn.CrossEntropyLoss()
+
+        def placeholder(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            probs = logits.float().softmax(1)
+            onehot = torch.nn.functional.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+            dice = 1 - (2 * (probs * onehot).sum((2, 3)) + 1) / (probs.sum((2, 3)) + onehot.sum((2, 3)) + 1)
+            return ce(logits.float(), target) + dice.mean()
+
+        return placeholder, "placeholder CE + soft Dice (bundle.training.losses.BoundaryDoULoss not available)"
+
+
+# ----------------------------------------------------------------------------------------------- forward
+def forward(
+    variant: str = "paper",
+    device: str = "auto",
+    threads: int = 2,
+    backends: str = "eager,onnx",
+    dtypes: str = "fp32,bf16",
+    batches: Optional[str] = None,
+    reps: int = 5,
+    warmup: int = 2,
+    train: bool = True,
+    train_batch: int = 2,
+    name: str = "",
+) -> None:
+    """Forward latency (batch 1) / throughput (larger batches) per backend and dtype, and the train step.
+
+    Args:
+        variant: MSA²Net variant.
+        device: "auto", "cpu" or "cuda".
+        threads: torch (and ORT) intra-op threads.
+        backends: comma list of ``bundle.inferers.backends`` backends; "onnx" is skipped on CUDA and for non-fp32.
+        dtypes: comma list of fp32/bf16/fp16; fp16 is skipped on CPU.
+        batches: comma list; default "1" on CPU and "1,8,32,128" on CUDA.
+        reps: timed repetitions (median reported).
+        warmup: untimed calls first.
+        train: also time forward + loss + backward + SGD step.
+        train_batch: batch of the train step.
+        name: record name (default ``forward_<device>_<variant>``).
+    """
+    device = _setup(threads, device)
+    batch_list = [int(b) for b in _split(batches or ("1,8,32,128" if device == "cuda" else "1"))]
+    rows, notes = [], []
+    for backend in _split(backends):
+        for dname in _split(dtypes):
+            if (backend == "onnx" and (dname != "fp32" or device != "cpu")) or (dname == "fp16" and device == "cpu"):
+                continue
+            net = _build(variant).to(device)
+            fast = optimize_for_inference(net, backend=backend, dtype=DTYPES[dname])
+            for b in batch_list:
+                x = torch.randn(b, 1, 224, 224, device=device)
+                try:
+                    t = _time(lambda: fast(x), device, warmup, reps)
+                except RuntimeError as err:  # e.g. CUDA out of memory at batch 128
+                    notes.append(f"{backend}/{dname}/batch {b}: {err}".splitlines()[0])
+                    continue
+                med = statistics.median(t)
+                row = {"what": "forward", "backend": backend, "dtype": dname, "batch": b, "median_s": med}
+                row.update(min_s=min(t), ms_per_slice=1000 * med / b, slices_per_s=b / med)
+                if device.startswith("cuda"):
+                    row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    torch.cuda.reset_peak_memory_stats()
+                rows.append(row)
+            net = fast = None  # free before the next build (a `del` confuses pyflakes: the lambda above)
+    if "bf16" in _split(dtypes) and device == "cpu" and not cpu_supports_bf16():
+        notes.append("This CPU has no AVX512-BF16/AMX: CPU bf16 is emulated, expected slower than fp32.")
+    if train:
+        loss_fn, loss_name = _loss_fn()
+        notes.append(f"train step loss: {loss_name}")
+        for dname in _split(dtypes):
+            if device == "cpu" and (dname == "fp16" or (dname == "bf16" and not cpu_supports_bf16())):
+                continue  # emulated CPU bf16 training ran > 10 min per step here: not worth timing
+            net = _build(variant).to(device).train()
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            x = torch.randn(train_batch, 1, 224, 224, device=device)
+            y = torch.randint(0, 9, (train_batch, 224, 224), device=device)
+            scaler = torch.amp.GradScaler(device, enabled=dname == "fp16")
+
+            def step() -> None:
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device, dtype=DTYPES[dname], enabled=dname != "fp32"):
+                    loss = loss_fn(net(x), y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            t = _time(step, device, 1, max(2, reps // 2))
+            med = statistics.median(t)
+            row = {"what": "train_step", "backend": "eager", "dtype": dname, "batch": train_batch, "median_s": med}
+            row.update(min_s=min(t), ms_per_slice=1000 * med / train_batch, slices_per_s=train_batch / med)
+            rows.append(row)
+            del net, opt
+    record = {"env": _environment(device, threads), "variant": variant, "rows": rows, "notes": notes}
+    _write(name or f"forward_{device}_{variant}", record, _command())
+
+
+# ----------------------------------------------------------------------------------------------- volume
+def _bundle_volume_inference(fast, image_path: Path, out_dir: Path, batch: int) -> int:
+    """The bundle's own path, as configs/inference.yaml wires it: ct_volume_transforms -> AxialSliceInferer ->
+    SaveLabelNiftid (MONAI LoadImage, HU window, bicubic 224², per-chunk argmax, uint8 NIfTI)."""
+
+    data = ct_volume_transforms(keys=["image"])({"image": str(image_path)})
+    image = data["image"]
+    pred = AxialSliceInferer(roi_size=(224, 224), sw_batch_size=batch)(image[None], fast)[0]
+    SaveLabelNiftid(keys="pred", output_dir=str(out_dir), overwrite=True)({"image": image, "pred": pred})
+    return int(image.shape[-1])
+
+
+def volume(
+    variant: str = "paper",
+    device: str = "auto",
+    threads: int = 2,
+    backend: str = "auto",
+    dtype: str = "fp32",
+    batch: int = 4,
+    slices: int = 200,
+    name: str = "",
+) -> None:
+    """Whole-volume inference of a synthetic 512×512×``slices`` CT NIfTI, read to written mask.
+
+    Run each configuration in its own process: peak RSS is the process maximum (``ru_maxrss``), setup included.
+
+    The path is the bundle's own, as configs/inference.yaml wires it.
+    """
+    device = _setup(threads, device)
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_bench_"))
+    image = tmp / "ct.nii.gz"
+    write_body_ct(image, (512, 512, slices))
+    net = _build(variant).to(device)
+    t0 = time.perf_counter()
+    fast = optimize_for_inference(net, backend=backend, dtype=DTYPES[dtype])
+    fast(torch.randn(1, 1, 224, 224, device=device))  # builds/exports/compiles outside the timed part
+    setup_s = time.perf_counter() - t0
+    notes = [
+        "path: bundle.transforms.ct.ct_volume_transforms -> bundle.inferers.axial.AxialSliceInferer -> SaveLabelNiftid"
+    ]
+    notes.append("setup_s (build + ONNX export or cache hit + session, untimed otherwise): counted in peak RSS")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    run = lambda x: fast(x.to(device)).cpu()  # noqa: E731
+    t0 = time.perf_counter()
+    depth = _bundle_volume_inference(run, image, tmp / "out", batch)
+    wall = time.perf_counter() - t0
+    row = {"backend": backend, "dtype": dtype, "batch": batch, "slices": depth, "wall_s": wall}
+    row.update(
+        slices_per_s=depth / wall,
+        setup_s=setup_s,
+        peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    )
+    if device == "cuda":
+        row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    record = {"env": _environment(device, threads), "variant": variant, "rows": [row], "notes": notes}
+    _write(name or f"volume_{device}_{variant}_{backend}_{dtype}_b{batch}_bundle", record, _command())
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- loader
+def loader(
+    threads: int = 2,
+    workers="0,2",
+    volumes: int = 4,
+    shape="512,512,100",
+    batch_size: int = 20,
+    slices_per_volume: int = 4,
+    batches: int = 20,
+    augment: bool = True,
+    consumer_batch: int = 2,
+    device: str = "auto",
+    name: str = "loader",
+) -> None:
+    """Slices/s delivered by ``configs/train.yaml``'s training DataLoader against the network's consumption rate.
+
+    The loader is built from the config itself (``train#dataloader``: CacheDataset of HU-windowed volumes, slice
+    sampling, resize to 224², the official augmentation list) over synthetic CT volumes of ``shape``; the cache is
+    filled first (timed apart), then ``batches`` batches are drawn per worker count. The consumer rate is one
+    training step (forward + BDoU + backward + SGD) of the paper variant at ``consumer_batch`` on ``device``.
+    """
+    from monai.bundle import ConfigParser
+
+    device = _setup(threads, device)
+    dims = [int(v) for v in _split(shape)]
+    rows, notes = [], []
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_loader_"))
+    try:
+        items = []
+        for i in range(volumes):
+            img, lab = tmp / f"vol{i}.nii.gz", tmp / f"vol{i}_label.nii.gz"
+            write_synthetic_case(str(img), str(lab), shape=dims, seed=i)
+            items.append({"image": img.name, "label": lab.name})
+        (tmp / "dataset.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+        for w in [int(v) for v in _split(workers)]:
+            parser = ConfigParser()
+            parser.read_config(str(ROOT / "configs" / "train.yaml"))
+            parser.update(
+                {
+                    "bundle_root": str(ROOT),
+                    "dataset_dir": str(tmp),
+                    "output_dir": str(tmp / "run"),
+                    "num_workers": w,
+                    "batch_size": batch_size,
+                    "slices_per_volume": slices_per_volume,
+                    "slices_per_epoch": batch_size * batches,
+                    "augment": augment,
+                    "cache_rate": 1.0,
+                }
+            )
+            start = time.perf_counter()
+            dataloader = parser.get_parsed_content("train#dataloader")
+            cache_s = time.perf_counter() - start
+            start, slices, first = time.perf_counter(), 0, None
+            for batch in dataloader:
+                slices += batch["image"].shape[0]
+                first = first or time.perf_counter() - start
+            total = time.perf_counter() - start
+            rows.append(
+                {
+                    "what": "loader",
+                    "workers": w,
+                    "batch": batch_size,
+                    "slices": slices,
+                    "cache_fill_s": round(cache_s, 2),
+                    "first_batch_s": round(first, 3),
+                    "slices_per_s": slices / total,
+                }
+            )
+        net = _build("paper").to(device).train()
+        loss_fn, loss_name = _loss_fn()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(consumer_batch, 1, 224, 224, device=device)
+        y = torch.randint(0, 9, (consumer_batch, 224, 224), device=device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            opt.step()
+
+        t = statistics.median(_time(step, device, warmup=1, reps=3))
+        rows.append({"what": f"train step ({loss_name})", "batch": consumer_batch, "slices_per_s": consumer_batch / t})
+        notes.append(
+            f"synthetic CT {volumes} x {dims}, augmentation {'on' if augment else 'off'}; the loader keeps up when its "
+            "slices/s exceeds the train step's"
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = {"env": _environment(device, threads), "rows": rows, "notes": notes}
+    _write(name, record, _command())
+
+
+# ----------------------------------------------------------------------------------------------- data path
+_OFFICIAL_LOADER = """
+import json, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from datasets.datasets_synapse import Synapse_dataset
+from torch.utils.data import DataLoader
+ds = Synapse_dataset(base_dir=sys.argv[2], list_dir=sys.argv[3], split="train", img_size=224)
+np.random.seed(int(sys.argv[6])); torch.manual_seed(int(sys.argv[6]))
+loader = DataLoader(ds, batch_size=int(sys.argv[5]), shuffle=True, num_workers=0)
+want, seen, start = int(sys.argv[4]), 0, time.perf_counter()
+while seen < want:
+    for batch in loader:  # as the official trainer: image (B, 224, 224) -> (B, 1, 224, 224) float, label long
+        image, label = batch["image"].unsqueeze(1).float(), batch["label"].long()
+        seen += image.shape[0]
+        if seen >= want:
+            break
+print(json.dumps({"slices": seen, "seconds": time.perf_counter() - start, "numpy": np.__version__}))
+"""
+
+
+def _real_ct_cases(data: str, cases: int, depth: int, dest: Path) -> tuple:
+    """The demo's real 512² DICOM series (HU) and its labels, tiled along z to ``depth`` slices per case.
+
+    Written twice: as NIfTI volumes for the bundle (stored as the series is, LPS) and as the official release's
+    ``train_npz/caseXXXX_sliceYYY.npz`` slices (HU window → [0, 1], the canonical PLS layout) + ``train.txt``.
+    """
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    data_dir = ROOT / data
+    if not (data_dir / "dataset.json").exists():
+        build_demo(str(data_dir))
+    ct = LoadImage(reader="ITKReader", image_only=True)(str(data_dir / "raw" / "example_ct_dicom"))
+    affine = np.asarray(ct.affine)
+    seg = nib.load(str(data_dir / "raw" / "example_seg_dicom.nii.gz"))
+    lab = remap_labels(np.asarray(seg.dataobj).astype(np.int64), TOTALSEG_TO_SYNAPSE)
+    # the label file is stored y-flipped against the series: same world grid, reoriented onto the series' order
+    lab = reorient_array(lab, seg.affine, "".join(nib.aff2axcodes(affine)))
+    image = np.asarray(ct, dtype=np.float32)
+    reps = -(-depth // image.shape[-1])
+    image, lab = np.tile(image, (1, 1, reps))[..., :depth], np.tile(lab, (1, 1, reps))[..., :depth]
+    (dest / "npz").mkdir(parents=True, exist_ok=True)
+    items, names = [], []
+    pls_img = reorient_array(np.clip((image + 125.0) / 400.0, 0, 1), affine)
+    pls_lab = reorient_array(lab, affine)
+    for c in range(cases):
+        img_path, lab_path = dest / f"case{c:04d}.nii.gz", dest / f"case{c:04d}_label.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), str(img_path))
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8), affine), str(lab_path))
+        items.append({"image": img_path.name, "label": lab_path.name})
+        for z in range(depth):
+            name = f"case{c:04d}_slice{z:03d}"
+            np.savez(
+                dest / "npz" / f"{name}.npz",
+                image=pls_img[..., z].astype(np.float32),
+                label=pls_lab[..., z].astype(np.float32),
+            )
+            names.append(name)
+    (dest / "dataset.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+    (dest / "train.txt").write_text("\n".join(names) + "\n")
+    return dest / "dataset.json", dest / "npz", dest
+
+
+def _train_workflow(**override):
+    """``configs/train.yaml`` as a ConfigWorkflow with ``override`` (initialised)."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "train.yaml"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        **override,
+    )
+    wf.initialize()
+    return wf
+
+
+def _ours(dataset_dir: Path, backend: str, slices: int, batch: int, nested: bool = False) -> dict:
+    """One epoch of ``slices`` slices through ``train#trainer`` with a 1×1-conv stand-in network, one core."""
+    override = {
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(dataset_dir / f"run_{backend}"),
+        "network_def": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 9, "kernel_size": 1},
+        "epochs": 1,
+        "batch_size": batch,
+        "slices_per_epoch": slices,
+        "num_workers": 0,
+        "val_interval": 10**6,
+        "show_progress": False,
+        "device": "cpu",
+        "augment_backend": backend,
+        "learning_rate": 0.0,
+        "loss_name": "ce",  # the data path is measured, not BDoU's boundary convolutions (network side)
+    }
+    if nested:  # the configuration before the fix: a nested Compose, so CacheDataset cached the file paths
+        override["train#preprocessing"] = {
+            "_target_": "Compose", "transforms": ["@train#deterministic_transforms", "@train#random_transforms"]
+        }  # fmt: skip
+    wf = _train_workflow(**override)
+    start = time.perf_counter()
+    loader = wf.parser.get_parsed_content("train#dataloader")  # builds the cache / slice table
+    build = time.perf_counter() - start
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(1)
+    start, seen = time.perf_counter(), 0
+    for item in loader:  # the data path alone: every batch as the trainer receives it
+        seen += item["image"].shape[0]
+    alone = time.perf_counter() - start
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    start = time.perf_counter()
+    trainer.run()
+    run = time.perf_counter() - start
+    wf.finalize()
+    return {
+        "slices": seen,
+        "seconds": alone,
+        "build_s": build,
+        "trainer_s": run,
+        "trainer_slices": trainer.state.iteration * batch,
+    }
+
+
+def datapath(
+    data: str = "demo_data",
+    cases: int = 2,
+    depth: int = 100,
+    slices: int = 400,
+    batch: int = 20,
+    rounds: int = 3,
+    official_repo: Optional[str] = None,
+    official_python: Optional[str] = None,
+    backends: str = "batched,monai,monai_nested",
+    name: str = "datapath_cpu",
+) -> None:
+    """Slices/s per core of the whole training data path, ours against the official loader, in alternating rounds.
+
+    Same real CT slices for both (the demo's 512² DICOM series, tiled to ``depth`` slices per case, ``cases``
+    cases): ours through ``train#trainer`` (load, cache or slice table, slice sampling, resize, the official
+    augmentation list, batch preparation, a 1×1-conv stand-in step), per ``backends``: ``batched`` (slice table,
+    batched augmentation), ``monai`` (flat Compose, CacheDataset), ``monai_nested`` (the config before the fix);
+    the official ``datasets_synapse.Synapse_dataset`` (npz slices, imgaug, scipy zoom) through a DataLoader, run by
+    ``official_python`` (a venv with numpy < 1.24 and imgaug 0.4.0: docs/performance.md) from ``official_repo``.
+    One thread each (``torch.set_num_threads(1)``, no workers): per-core rates. Build times (cache fill, slice
+    table) are reported apart.
+    """
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_datapath_"))
+    rows, notes, runs = [], [], {}
+    try:
+        _, npz_dir, list_dir = _real_ct_cases(data, cases, depth, tmp)
+        for r in range(rounds):
+            for backend in _split(backends):
+                out = _ours(tmp, backend.replace("_nested", ""), slices, batch, nested=backend.endswith("_nested"))
+                runs.setdefault(backend, []).append(out)
+            if official_repo and official_python:
+                script = tmp / "official_loader.py"
+                script.write_text(_OFFICIAL_LOADER)
+                res = subprocess.run(
+                    [official_python, str(script), official_repo, str(npz_dir), str(list_dir), str(slices),
+                     str(batch), str(r)],
+                    capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                )  # fmt: skip
+                if res.returncode:
+                    raise RuntimeError(f"official loader failed: {res.stderr[-2000:]}")
+                runs.setdefault("official", []).append(json.loads(res.stdout.strip().splitlines()[-1]))
+        official = (
+            statistics.median(x["slices"] / x["seconds"] for x in runs.get("official", []))
+            if "official" in runs
+            else None
+        )
+        for what, results in runs.items():
+            rate = statistics.median(x["slices"] / x["seconds"] for x in results)
+            row = {"path": what, "rounds": len(results), "slices_per_s_per_core": rate}
+            if "build_s" in results[0]:
+                row["build_s"] = statistics.median(x["build_s"] for x in results)
+                row["through_trainer_slices_per_s"] = statistics.median(
+                    x["trainer_slices"] / x["trainer_s"] for x in results
+                )
+            if official:
+                row["x_official"] = rate / official
+            rows.append(row)
+        notes.extend(
+            [
+                f"real CT: the demo DICOM series (512x512x20, 0.98 mm) tiled to {cases} cases x {depth} slices; "
+                f"epochs of {slices} slices at batch {batch}; 1 thread, 0 workers; rounds alternate ours/official; "
+                "median of rounds",
+                "slices_per_s_per_core: iterating the training loader (ours: train#dataloader, every batch normalised "
+                "and augmented as the trainer receives it; official: DataLoader over Synapse_dataset, batch 20, "
+                "shuffled)",
+                "through_trainer_slices_per_s: the same epoch through train#trainer with a 1x1-conv stand-in network "
+                "and cross-entropy (train Dice post-processing, handlers, backward, SGD step included)",
+            ]
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = {"env": _environment("cpu", 1), "rows": rows, "notes": notes}
+    _write(name, record, _command())
+
+
+# ----------------------------------------------------------------------------------------------- training
+def training(
+    device: str = "auto",
+    backends: str = "batched,monai",
+    batch: int = 20,
+    iterations: int = 30,
+    warmup: int = 5,
+    cases: int = 4,
+    depth: int = 100,
+    amp: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,
+    workers: int = 8,
+    threads: int = 0,
+    name: str = "",
+) -> None:
+    """End-to-end training slices/s through ``train#trainer`` (real MSA²Net, BDoU, SGD) per data path, against
+    the no-loading rate: the same step on batches resident on the device.
+
+    Volumes: ``cases`` synthetic CT cases of 512 × 512 × ``depth`` (a machine without the demo data can run it).
+    ``amp`` autocasts bf16 on CUDA. The first ``warmup`` iterations are not timed. The target (issue: training at
+    GPU speed) is end-to-end ≥ 90 % of the no-loading rate.
+    """
+    from ignite.engine import Events
+
+    device = _setup(threads or torch.get_num_threads(), device)
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_training_"))
+    rows, notes = [], []
+    try:
+        items = []
+        for i in range(cases):
+            img, lab = tmp / f"vol{i}.nii.gz", tmp / f"vol{i}_label.nii.gz"
+            write_synthetic_case(str(img), str(lab), shape=(512, 512, depth), seed=i)
+            items.append({"image": img.name, "label": lab.name})
+        (tmp / "dataset.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+        total = warmup + iterations
+        for backend in _split(backends):
+            wf = _train_workflow(
+                dataset_dir=str(tmp),
+                output_dir=str(tmp / f"run_{backend}"),
+                device=device,
+                amp=amp,
+                channels_last=channels_last,
+                compile=compile,
+                epochs=1,
+                batch_size=batch,
+                slices_per_epoch=batch * total,
+                num_workers=workers if backend == "monai" else 0,
+                val_interval=10**6,
+                show_progress=False,
+                augment_backend=backend,
+            )
+            start = time.perf_counter()
+            loader = wf.parser.get_parsed_content("train#dataloader")
+            build = time.perf_counter() - start
+            start, seen = time.perf_counter(), 0
+            for item in loader:  # the data path alone, batches ready on the device
+                seen += item["image"].shape[0]
+            _sync(device)
+            rows.append({"what": f"data path alone ({backend})", "batch": batch,
+                         "slices_per_s": seen / (time.perf_counter() - start)})  # fmt: skip
+            trainer = wf.parser.get_parsed_content("train#trainer")
+            stamps = []
+
+            def stamp(engine) -> None:
+                _sync(device)
+                stamps.append(time.perf_counter())
+
+            trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
+            trainer.run()
+            timed = stamps[warmup:]
+            rate = batch * (len(timed) - 1) / (timed[-1] - timed[0])
+            rows.append(
+                {"what": f"train end-to-end ({backend})", "batch": batch, "slices_per_s": rate, "build_s": build}
+            )
+            wf.finalize()
+        # the no-loading rate: the same step (network, BDoU, SGD, autocast) on resident tensors
+        net = _build("paper").to(device).train()
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        loss_fn = make_loss("bdou")
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        x = torch.randn(batch, 1, 224, 224, device=device)
+        y = torch.randint(0, 9, (batch, 1, 224, 224), device=device).float()
+        on_cuda = device.startswith("cuda")
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(
+                device_type="cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=amp and on_cuda
+            ):
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+
+        t = statistics.median(_time(step, device, warmup, iterations))
+        resident = batch / t
+        rows.append({"what": "train step, resident batch (no loading)", "batch": batch, "slices_per_s": resident})
+        for row in rows[:-1]:
+            if row["what"].startswith("train"):
+                row["x_no_loading"] = row["slices_per_s"] / resident
+        notes.append(
+            f"synthetic CT {cases} x 512x512x{depth}; amp bf16 {amp and on_cuda}; channels_last {channels_last}; "
+            f"compile {compile}; monai backend with {workers} workers; {iterations} timed iterations after {warmup}"
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = {"env": _environment(device, torch.get_num_threads()), "rows": rows, "notes": notes}
+    _write(name or f"training_{device}", record, _command())
+
+
+# ----------------------------------------------------------------------------------------------- side by side
+def _official(repo: str, variant: str, harness: str, seed: int):
+    spec = importlib.util.spec_from_file_location("official_msa2net_harness", harness)
+    h = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h)
+    return h.build_model(repo, _OFFICIAL_NAME[variant], seed).eval()
+
+
+def side_by_side(
+    variant: str = "paper",
+    threads: int = 2,
+    batch: int = 1,
+    rounds: int = 10,
+    optimised: str = "onnx,eager",
+    official_repo: str = "",
+    harness: str = str(HARNESS),
+    seed: int = 0,
+    name: str = "",
+) -> None:
+    """Time implementations alternately in one process (order reversed every round); report ratios.
+
+    Baseline ``ours_eager_fp32``: ``net.eval()`` under ``torch.no_grad()``, contiguous NCHW, nothing else.
+    With ``official_repo`` the official network is built by the harness and its weights converted into ours,
+    so every implementation computes the same function (max |Δ| to the baseline is reported).
+    """
+
+    device = _setup(threads, "cpu")
+    impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if official_repo:
+        official = _official(official_repo, variant, harness, seed)
+        state, _ = convert_official_state_dict(official.state_dict(), variant=variant)
+    else:
+        state = _build(variant, seed).state_dict()
+    base = _build(variant)
+    base.load_state_dict(state)
+
+    def baseline(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return base(x)
+
+    impls["ours_eager_fp32"] = baseline
+    for backend in _split(optimised):
+        net = _build(variant)
+        net.load_state_dict(state)
+        impls[f"ours_{backend}"] = optimize_for_inference(net, backend=backend)
+    if official_repo:
+
+        def official_fn(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return official(x)
+
+        impls["official"] = official_fn
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, 1, 224, 224, generator=gen)
+    ref = baseline(x)
+    diffs = {k: float((f(x) - ref).abs().max()) for k, f in impls.items()}
+    agree = {k: float((f(x).argmax(1) == ref.argmax(1)).float().mean()) for k, f in impls.items()}
+    times: Dict[str, List[float]] = {k: [] for k in impls}
+    order = list(impls)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            impls[k](x)
+            times[k].append((time.perf_counter() - start) / batch)
+    rows = []
+    for k in impls:
+        row = {"impl": k, "median_s_per_slice": statistics.median(times[k]), "min_s_per_slice": min(times[k])}
+        for other in ("ours_eager_fp32", "official"):
+            if other in times and other != k:
+                ratios = sorted(a / b for a, b in zip(times[k], times[other]))
+                row[f"ratio_vs_{other}_median"] = statistics.median(ratios)
+                row[f"ratio_vs_{other}_q25_q75"] = (
+                    f"{ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}"
+                )
+        row.update(max_abs_diff_vs_baseline=diffs[k], argmax_agreement=agree[k])
+        rows.append(row)
+    notes = [
+        "Implementations alternate within each round (order reversed every other round); only ratios from one run"
+        " are comparable, absolute times depend on the shared machine's load.",
+        "Warm-up: the equality check runs each implementation once before timing (ONNX export happens at build).",
+    ]
+    record = {"env": _environment(device, threads), "variant": variant, "batch": batch, "rounds": rounds}
+    record.update(rows=rows, notes=notes)
+    _write(name or f"side_by_side_cpu_{variant}_b{batch}", record, _command())
+
+
+if __name__ == "__main__":
+    fire.Fire(
+        {
+            "forward": forward,
+            "volume": volume,
+            "loader": loader,
+            "datapath": datapath,
+            "training": training,
+            "side_by_side": side_by_side,
+        }
+    )

@@ -1,0 +1,69 @@
+"""A 512×512×200 CT volume through configs/inference.yaml on CPU, per backend and sw_batch_size (issue 9 targets).
+
+Usage (bundle root): ``python scripts/benchmarks/inference_200_cpu.py OUT prepare`` (writes a synthetic int16 NIfTI and
+a random MSA2Net ``paper`` checkpoint, fills the ONNX export cache), then once per setting, each in a fresh
+process: ``python scripts/benchmarks/inference_200_cpu.py OUT auto 8``. Prints wall time (config parsed → mask
+written) and peak RSS as one JSON line.
+"""
+
+import json
+import os
+import resource
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+out, mode = sys.argv[1], sys.argv[2]
+if mode == "prepare":
+    arr = np.full((512, 512, 200), -1000, np.int16)
+    yy, xx = np.arange(512)[:, None] - 256, np.arange(512)[None, :] - 256
+    arr[(yy**2 / 200**2 + xx**2 / 160**2) < 1] = 40
+    arr[200:260, 150:230, 30:170] = 150
+    nib.save(nib.Nifti1Image(arr, np.diag([0.7, 0.7, 1.5, 1.0])), os.path.join(out, "vol200.nii.gz"))
+    from bundle.inferers.backends import optimize_for_inference
+    from bundle.networks import MSA2Net
+
+    torch.manual_seed(0)
+    net = MSA2Net(in_channels=1, out_channels=9, variant="paper")
+    torch.save(net.state_dict(), os.path.join(out, "random_paper.pt"))
+    net.load_state_dict(torch.load(os.path.join(out, "random_paper.pt"), weights_only=True))
+    optimize_for_inference(net.eval(), backend="auto")  # fill the ONNX cache, as a second run would find it
+    sys.exit(0)
+from monai.bundle import ConfigWorkflow  # noqa: E402
+
+bs = int(sys.argv[3])
+wf = ConfigWorkflow(
+    config_file=f"{ROOT}/configs/inference.yaml",
+    meta_file=f"{ROOT}/configs/metadata.json",
+    logging_file=False,
+    workflow_type="infer",
+    bundle_root=ROOT,
+    input=os.path.join(out, "vol200.nii.gz"),
+    output_dir=os.path.join(out, f"pred{bs}"),
+    ckpt_path=os.path.join(out, "random_paper.pt"),
+    num_workers=0,
+    show_progress=False,
+    sw_batch_size=bs,
+    overwrite=True,
+    backend=mode,
+)
+t0 = time.time()
+wf.initialize()
+wf.run()
+wall = time.time() - t0
+print(
+    json.dumps(
+        {
+            "backend": mode,
+            "sw_batch_size": bs,
+            "wall_s": round(wall, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "load": os.getloadavg(),
+        }
+    )
+)

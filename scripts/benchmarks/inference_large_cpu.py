@@ -1,0 +1,95 @@
+"""One 512×512×300 CT volume through configs/inference.yaml on CPU: wall time and memory (docs/operations.md §5).
+
+Usage (from the bundle root): ``python scripts/benchmarks/inference_large_cpu.py OUT_DIR`` twice — the first call writes
+a synthetic int16 volume (body ellipse, one organ-like block) and a randomly initialised MSA2Net ``paper`` checkpoint
+and exits, the second runs inference in a fresh process so that the peak RSS is the inference's own.
+"""
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def prepare(out):
+    arr = np.full((512, 512, 300), -1000, np.int16)
+    yy, xx = np.arange(512)[:, None] - 256, np.arange(512)[None, :] - 256
+    arr[(yy**2 / 200**2 + xx**2 / 160**2) < 1] = 40
+    arr[200:260, 150:230, 50:250] = 150
+    nib.save(nib.Nifti1Image(arr, np.diag([0.7, 0.7, 1.5, 1.0])), os.path.join(out, "large.nii.gz"))
+    from bundle.networks import MSA2Net
+
+    torch.manual_seed(0)
+    net = MSA2Net(in_channels=1, out_channels=9, variant="paper", encoder_weights=None)
+    torch.save(net.state_dict(), os.path.join(out, "random_paper.pt"))
+
+
+def run(out):
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    vol, cfg = os.path.join(out, "large.nii.gz"), os.path.join(ROOT, "configs")
+    wf = ConfigWorkflow(
+        config_file=os.path.join(cfg, "inference.yaml"),
+        meta_file=os.path.join(cfg, "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=ROOT,
+        input=vol,
+        output_dir=os.path.join(out, "pred"),
+        ckpt_path=os.path.join(out, "random_paper.pt"),
+        num_workers=0,
+        show_progress=False,
+        sw_batch_size=16,
+        overwrite=True,
+    )
+    wf.initialize()
+    marks = {}
+    evaluator = wf.parser.get_parsed_content("evaluator")
+    evaluator.add_event_handler(Events.STARTED, lambda e: marks.update(start=rss_mb()))
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: marks.update(after=rss_mb()))
+    t0 = time.time()
+    wf.run()
+    wall = time.time() - t0
+    pred = nib.load(os.path.join(out, "pred", "large_seg.nii.gz"))
+    return {
+        "volume": [512, 512, 300],
+        "input": "int16 NIfTI (gz)",
+        "network": "MSA2Net paper, random weights",
+        "sw_batch_size": 16,
+        "wall_s": round(wall, 1),
+        "rss_at_start_mb": round(marks["start"], 1),
+        "rss_after_case_mb": round(marks["after"], 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "output_shape": list(pred.shape),
+        "output_dtype": str(pred.get_data_dtype()),
+        "output_affine_equals_input": bool(np.allclose(pred.affine, nib.load(vol).affine)),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(os.path.join(out, "random_paper.pt")):
+        prepare(out)
+        sys.exit(0)
+    result = run(out)
+    print(json.dumps(result, indent=1))

@@ -1,0 +1,22 @@
+"""Fetch the real-CT demo (TotalSegmentator 2.18.0 sdist, pinned + sha256) into demo_data/ and write its datalist.
+
+Usage: python scripts/data/fetch_demo.py [--dest demo_data] [--sdist path/to/totalsegmentator-2.18.0.tar.gz]
+"""
+
+import os
+import sys
+
+import fire
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the bundle root
+
+from bundle.data.demos import build_demo  # noqa: E402
+
+
+def main(dest: str = "demo_data", sdist: str = None, holdout_every: int = 4) -> None:
+    """Fetches, verifies, remaps and splits the demo volume; prints the datalist path."""
+    print(build_demo(dest, sdist, holdout_every))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,52 @@
+"""Parameters per part, MACs and output shape of an MSA²Net variant.
+
+Example::
+
+    python scripts/model/model_info.py --variant paper
+    python scripts/model/model_info.py --variant all --json docs/model_info.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bundle.networks import VARIANTS, MSA2Net  # noqa: E402
+from bundle.networks.info import count_macs, parameters_by_part  # noqa: E402
+
+
+def describe(variant: str, in_channels: int = 1, out_channels: int = 9) -> dict:
+    net = MSA2Net(in_channels=in_channels, out_channels=out_channels, variant=variant).eval()
+    with torch.no_grad():
+        shape = list(net(torch.zeros(1, in_channels, 224, 224)).shape)
+    return {
+        "variant": variant,
+        "config": {k: v for k, v in vars(net.config).items()},
+        "parameters": parameters_by_part(net),
+        "macs_224": count_macs(net, (1, in_channels, 224, 224)),
+        "output_shape": shape,
+    }
+
+
+def main(variant: str = "paper", in_channels: int = 1, out_channels: int = 9, json_out: str = "") -> None:
+    """Print the accounting for ``variant`` (or ``all``); optionally write it as JSON."""
+    names = list(VARIANTS) if variant == "all" else [variant]
+    infos = [describe(v, in_channels, out_channels) for v in names]
+    for info in infos:
+        print(
+            f"== {info['variant']}  output {info['output_shape']}  "
+            f"{info['macs_224']['gmacs']:.3f} GMACs ({info['macs_224']['gflops']:.3f} GFLOPs) at 224x224"
+        )
+        for part, n in info["parameters"].items():
+            print(f"  {part:<48s} {n:>12,d}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(infos, indent=2, default=list) + "\n")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

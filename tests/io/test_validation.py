@@ -1,0 +1,385 @@
+"""Bad input gets an InputError that names the file and the fix (bundle/io/volume.py, docs/operations.md)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, make_volume
+from PIL import Image
+
+from bundle.errors import InputError, check_cli_overrides, root_input_error
+from bundle.io.atomic import check_writable_dir
+from bundle.io.checkpoint import check_checkpoint
+from bundle.io.datalist import load_datalist
+from bundle.io.volume import ValidateVolumed
+from bundle.transforms.ct import ct_volume_transforms, slice_transforms
+
+# stored PLS, the canonical order: the array reaches the network as stored
+AFFINE = np.array([[0.0, -0.7, 0.0, 0.0], [-0.8, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def _load(image, label=None, num_classes=9):
+    data = {"image": str(image)} if label is None else {"image": str(image), "label": str(label)}
+    keys = list(data)
+    try:
+        return ct_volume_transforms(keys, num_classes=num_classes)(data)
+    except Exception as err:  # MONAI wraps transform errors: the InputError must be in the chain
+        message = root_input_error(err)
+        if message is None:
+            raise
+        raise InputError(message) from None
+
+
+def _nii(path, arr, affine=AFFINE):
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path
+
+
+@pytest.fixture
+def case(tmp_path):
+    return make_volume(str(tmp_path / "img.nii.gz"), str(tmp_path / "lab.nii.gz"), shape=(24, 20, 3))
+
+
+# ------------------------------------------------------------------------------------------------ datalists
+def test_datalist_missing_file(tmp_path, case):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"training": [{"image": "img.nii.gz", "label": "nope.nii.gz"}]}))
+    with pytest.raises(InputError, match=r"training\[0\]\['label'\] = 'nope.nii.gz' does not exist.*fix the path"):
+        load_datalist(str(path), "training")
+
+
+def test_datalist_empty_missing_section_and_not_json(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"training": []}))
+    with pytest.raises(InputError, match=r"d.json: section 'training' is empty"):
+        load_datalist(str(path), "training")
+    assert load_datalist(str(path), "training", allow_empty=True) == []
+    with pytest.raises(InputError, match=r"has no 'validation' section \(found \['training'\]\)"):
+        load_datalist(str(path), "validation")
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="is not valid JSON"):
+        load_datalist(str(path))
+    with pytest.raises(InputError, match="does not exist: give an existing decathlon JSON"):
+        load_datalist(str(tmp_path / "absent.json"))
+
+
+def test_datalist_wrong_keys(tmp_path, case):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"training": [{"img": "img.nii.gz", "seg": "lab.nii.gz"}]}))
+    with pytest.raises(InputError, match=r"has keys \['img', 'seg'\] but needs \['image', 'label'\].*rename 'img'"):
+        load_datalist(str(path))
+    path.write_text(json.dumps({"training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]}))
+    (item,) = load_datalist(str(path))
+    assert item["image"] == case[0] and item["label"] == case[1]
+
+
+def test_output_dir_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match=r"output_dir .*file/out is not writable.*--output_dir"):
+        check_writable_dir(str(blocker / "out"))
+    assert check_writable_dir(str(tmp_path / "new" / "out")) == str(tmp_path / "new" / "out")
+    assert os.listdir(tmp_path / "new" / "out") == []  # the probe file is gone
+
+
+# ------------------------------------------------------------------------------------------------ volumes
+def test_good_case_passes(case):
+    out = _load(*case)
+    assert tuple(out["image"].shape) == (1, 24, 20, 3) and tuple(out["label"].shape) == (1, 24, 20, 3)
+    assert float(out["image"].min()) >= 0 and float(out["image"].max()) <= 1
+
+
+def test_corrupt_and_truncated_nifti(tmp_path, case):
+    raw = open(case[0], "rb").read()
+    for name, blob in [("trunc.nii.gz", raw[: int(len(raw) * 0.9)]), ("junk.nii.gz", b"not an image")]:
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(InputError, match=rf"image .*{name} cannot be read .*truncated, corrupt"):
+            _load(tmp_path / name)
+    with pytest.raises(InputError, match=r"label .*missing.nii.gz does not exist"):
+        _load(case[0], tmp_path / "missing.nii.gz")
+
+
+def test_2d_4d_multichannel_and_rgb(tmp_path):
+    with pytest.raises(InputError, match=r"is 2D \(24, 20\): a 3D CT volume"):
+        _load(_nii(tmp_path / "a.nii.gz", np.zeros((24, 20), np.float32)))
+    with pytest.raises(InputError, match=r"has 2 channels/time points.*split a 4D series"):
+        _load(_nii(tmp_path / "b.nii.gz", np.zeros((24, 20, 3, 2), np.float32)))
+    with pytest.raises(InputError, match=r"has 3 channels/time points"):
+        _load(_nii(tmp_path / "c.nii.gz", np.zeros((24, 20, 3, 3), np.float32)))
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "photo.png")
+    with pytest.raises(InputError, match=r"photo.png is a 2D RGB picture.*this config segments 3D CT"):
+        _load(tmp_path / "photo.png")
+
+
+def test_label_grid_and_values(tmp_path, case):
+    img, lab = case
+    arr = np.asarray(nib.load(lab).dataobj)
+    _nii(tmp_path / "short.nii.gz", arr[:, :, :2], nib.load(lab).affine)
+    with pytest.raises(
+        InputError, match=r"label .*short.nii.gz has shape \(24, 20, 2\) but its image .* \(24, 20, 3\)"
+    ):
+        _load(img, tmp_path / "short.nii.gz")
+    moved = nib.load(lab).affine.copy()
+    moved[0, 3] += 5.0
+    _nii(tmp_path / "moved.nii.gz", arr, moved)
+    with pytest.raises(InputError, match=r"moved.nii.gz has affine .* resample it"):
+        _load(img, tmp_path / "moved.nii.gz")
+    raw = arr.copy()
+    raw[0, 0, 0], raw[1, 0, 0] = 11, 13  # raw BTCV ids
+    _nii(tmp_path / "btcv.nii.gz", raw, nib.load(lab).affine)
+    with pytest.raises(InputError, match=r"has values \[11, 13\] outside 0..8: map raw BTCV ids"):
+        _load(img, tmp_path / "btcv.nii.gz")
+    _nii(tmp_path / "soft.nii.gz", arr.astype(np.float32) * 0.5, nib.load(lab).affine)
+    with pytest.raises(InputError, match="non-integer values: resample labels with nearest"):
+        _load(img, tmp_path / "soft.nii.gz")
+
+
+def test_nan_inf_sanitised_with_warning_or_refused(tmp_path):
+    arr = np.full((24, 20, 3), 40.0, np.float32)
+    arr[0, 0, 0], arr[1, 0, 0], arr[2, 0, 0] = np.nan, np.inf, -np.inf
+    arr[3, 0, 0] = -500.0
+    with pytest.warns(UserWarning, match=r"3 NaN/inf voxels .* replaced"):
+        out = _load(_nii(tmp_path / "nan.nii.gz", arr))["image"]
+    assert torch.isfinite(out).all()
+    # NaN and -inf → the finite minimum (-500 HU → 0 after the window), +inf → the maximum (40 HU)
+    hu40 = (40.0 + 125.0) / 400.0
+    assert float(out[0, 0, 0, 0]) == 0.0 and float(out[0, 2, 0, 0]) == 0.0
+    assert float(out[0, 1, 0, 0]) == pytest.approx(hu40)
+    arr[:, :11] = np.nan  # 55 % > max_nonfinite_fraction 0.5
+    with pytest.raises(InputError, match=r"55% of the voxels are NaN/inf: the file is broken"):
+        _load(_nii(tmp_path / "mostly_nan.nii.gz", arr))
+
+
+def test_anisotropic_spacing_warns(tmp_path):
+    arr = np.zeros((24, 20, 3), np.float32)
+    with pytest.warns(UserWarning, match=r"in-plane spacing 0.5 × 2 mm is very anisotropic"):
+        _load(_nii(tmp_path / "a.nii.gz", arr, np.diag([0.5, 2.0, 3.0, 1.0])))
+    with pytest.warns(UserWarning, match=r"slice spacing 12 mm vs in-plane 0.7 mm"):
+        _load(_nii(tmp_path / "b.nii.gz", arr, np.diag([0.7, 0.7, 12.0, 1.0])))
+
+
+def test_tiny_volume_fewer_slices_than_batches(tmp_path):
+    from bundle.inferers.axial import AxialSliceInferer
+
+    img, lab = make_volume(str(tmp_path / "i.nii.gz"), str(tmp_path / "l.nii.gz"), shape=(24, 20, 1))
+    vol = _load(img, lab)
+    samples = slice_transforms(size=32, slices_per_volume=4, augment=False)(vol)
+    assert len(samples) == 4 and tuple(samples[0]["image"].shape) == (1, 32, 32)
+
+    def net(x):
+        return torch.zeros(x.shape[0], 9, *x.shape[2:])
+
+    pred = AxialSliceInferer(roi_size=(32, 32), sw_batch_size=16)(vol["image"][None], net)
+    assert tuple(pred.shape) == (1, 1, 24, 20, 1)
+
+
+def test_uint8_image_warns(tmp_path):
+    with pytest.warns(UserWarning, match="is uint8: CT is expected in Hounsfield units"):
+        _load(_nii(tmp_path / "u8.nii.gz", np.zeros((24, 20, 3), np.uint8)))
+
+
+def test_validate_volumed_skips_label_check_without_num_classes(tmp_path, case):
+    img, lab = case
+    raw = np.asarray(nib.load(lab).dataobj).copy()
+    raw[0, 0, 0] = 13
+    _nii(tmp_path / "btcv.nii.gz", raw, nib.load(lab).affine)
+    out = _load(img, tmp_path / "btcv.nii.gz", num_classes=None)
+    assert float(out["label"].max()) == 13
+    assert ValidateVolumed(keys=["image"])({"other": 1}) == {"other": 1}
+
+
+# ------------------------------------------------------------------------------------------------ orientation
+@pytest.mark.parametrize("order", [(2, 0, 1), (0, 2, 1)])
+def test_non_axial_storage_is_sliced_axially_and_inverted_exactly(tmp_path, order):
+    """A volume stored with the superior–inferior axis first/second (sagittal/coronal acquisition) and y flipped is
+    reoriented to PLS (slices last) without resampling, and Invertd gives the stored array and affine back."""
+    from monai.transforms import Invertd
+
+    rng = np.random.default_rng(0)
+    axial = rng.normal(0, 50, (24, 20, 5)).astype(np.float32)  # (x, y, z) with z = S–I
+    affine = np.diag([0.8, 0.7, 3.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 20.0]
+    stored = np.transpose(axial, order)  # stored axis n holds world axis order[n]
+    stored_affine = np.eye(4)
+    stored_affine[:3, :3] = affine[:3, :3][:, list(order)]
+    stored_affine[:3, 3] = affine[:3, 3]
+    stored_affine[1, :3] *= -1  # and flip y
+    path = _nii(tmp_path / "sag.nii.gz", stored, stored_affine)
+    pre = ct_volume_transforms(keys=["image"])
+    img = pre({"image": path})["image"]
+    assert tuple(img.shape) == (1, 20, 24, 5)  # rows = A–P axis (y), columns = L–R axis (x), 5 axial slices last
+    assert nib.aff2axcodes(np.asarray(img.affine)) == ("P", "L", "S")
+    back = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(
+        {"image": img, "pred": img.clone()}
+    )["pred"]
+    assert tuple(back.shape[1:]) == stored.shape
+    np.testing.assert_allclose(np.asarray(back.affine), stored_affine, atol=1e-6)
+    assert torch.equal(back[0], torch.as_tensor(np.clip((stored + 125) / 400, 0, 1), dtype=torch.float32))
+
+
+def test_pls_storage_is_untouched(tmp_path):
+    rng = np.random.default_rng(1)
+    arr = rng.normal(0, 50, (12, 10, 3)).astype(np.float32)
+    affine = np.array([[0, -0.7, 0, 0], [-0.8, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    img = ct_volume_transforms(keys=["image"])({"image": _nii(tmp_path / "pls.nii.gz", arr, affine)})["image"]
+    assert torch.equal(img[0], torch.as_tensor(np.clip((arr + 125) / 400, 0, 1), dtype=torch.float32))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+class _Net(torch.nn.Module):
+    def __init__(self, classes=9, width=4):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, width, 3)
+        self.head = torch.nn.Conv2d(width, classes, 1)
+
+
+def test_checkpoint_class_count_network_and_garbage(tmp_path):
+    torch.save(_Net(classes=14).state_dict(), tmp_path / "c14.pt")
+    with pytest.raises(InputError, match=r"c14.pt was trained for 14 classes .* builds 9 .*--num_classes 14"):
+        check_checkpoint(str(tmp_path / "c14.pt"), {"model": _Net()})
+    from bundle.inferers.ensemble import load_checkpoints
+
+    with pytest.raises(InputError, match=r"c14.pt was trained for 14 classes"):
+        load_checkpoints(_Net(), [str(tmp_path / "c14.pt")])
+    torch.save(_Net(width=8).state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(InputError, match=r"wide.pt is for another network or variant .* of other shapes.*--variant"):
+        check_checkpoint(str(tmp_path / "wide.pt"), {"model": _Net()})
+    torch.save({"backbone.backbone.stem.weight": torch.zeros(1)}, tmp_path / "official.pth")
+    with pytest.raises(InputError, match=r"official MSA²Net checkpoint .* scripts/model/convert_official.py"):
+        check_checkpoint(str(tmp_path / "official.pth"), {"model": _Net()})
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(InputError, match=r"notes.pt is not a PyTorch checkpoint"):
+        check_checkpoint(str(tmp_path / "notes.pt"), {"model": _Net()})
+    with pytest.raises(InputError, match=r"absent.pt does not exist: train first"):
+        check_checkpoint(str(tmp_path / "absent.pt"), {"model": _Net()})
+    torch.save(_Net().state_dict(), tmp_path / "best.pt")  # bare state dict: fine for the model, not for resume
+    assert set(check_checkpoint(str(tmp_path / "best.pt"), {"model": _Net()})) == {"model"}
+    opt = torch.optim.SGD(_Net().parameters(), lr=0.1)
+    with pytest.raises(InputError, match=r"lacks \['model', 'optimizer'\].*full training checkpoint"):
+        check_checkpoint(str(tmp_path / "best.pt"), {"model": _Net(), "optimizer": opt})
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_checkpoint_refused_weights_only(tmp_path):
+    torch.save({"model": _Net().state_dict(), "extra": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(
+        InputError, match=r"evil.pt holds pickled Python objects \(posix.system\) that a weights-only load refuses"
+    ):
+        check_checkpoint(str(tmp_path / "evil.pt"), {"model": _Net()})
+
+
+def test_checked_loader_real_msa2net_variant_and_classes(tmp_path):
+    """A checkpoint of another MSA2Net variant / class count is refused before any weight changes."""
+    from ignite.engine import Engine
+
+    from bundle.io.checkpoint import CheckedCheckpointLoader
+    from bundle.networks import MSA2Net
+
+    paper = MSA2Net(in_channels=1, out_channels=9, variant="paper", encoder_weights=None)
+    released = MSA2Net(in_channels=1, out_channels=9, variant="released", encoder_weights=None)
+    torch.save(released.state_dict(), tmp_path / "released.pt")
+    before = {k: v.clone() for k, v in paper.state_dict().items()}
+    loader = CheckedCheckpointLoader(load_path=str(tmp_path / "released.pt"), load_dict={"model": paper})
+    with pytest.raises(InputError, match=r"another network or variant than the config's MSA2Net"):
+        loader(Engine(lambda e, b: None))
+    assert all(torch.equal(before[k], v) for k, v in paper.state_dict().items())
+    state = paper.state_dict()
+    state["head.weight"], state["head.bias"] = state["head.weight"][:4], state["head.bias"][:4]
+    torch.save(state, tmp_path / "c4.pt")
+    with pytest.raises(InputError, match=r"trained for 4 classes .* --num_classes 4"):
+        check_checkpoint(str(tmp_path / "c4.pt"), {"model": paper})
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_typo_override_refused():
+    argv = ["/x/monai/bundle/__main__.py", "run", "training", "--config_file", "configs/train.yaml"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        check_cli_overrides(
+            argv + ["--epochs", "2", "--network_def#variant", "paper", "--train::dataset#cache_rate", "0"]
+        )
+        with pytest.raises(InputError, match=r"unknown config id --epohcs .*did you mean --epochs\?"):
+            check_cli_overrides(argv + ["--epohcs", "5"])
+        with pytest.raises(InputError, match=r"unknown config id --network_def#varient"):
+            check_cli_overrides(argv + ["--network_def#varient", "paper"])
+        check_cli_overrides(argv + ["--train#handlers#0#_disabled_", "True"])  # component keys on existing ids
+        with pytest.raises(InputError, match=r"--train#handlerz#0#_disabled_"):
+            check_cli_overrides(argv + ["--train#handlerz#0#_disabled_", "True"])
+        check_cli_overrides(["pytest", "--epohcs", "5"])  # not a monai.bundle command line: no check
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.slow
+def test_cli_prints_one_clear_line(ct_dataset, tmp_path):
+    """Through `python -m monai.bundle run`: a missing datalist file ends with the InputError line, exit code 1."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": [{"image": "images/vol0.nii.gz", "label": "images/gone.nii.gz"}]}))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    cmd += ["--dataset_dir", str(ct_dataset), "--datalist", str(bad), "--output_dir", str(tmp_path / "o")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("InputError: datalist ") and "images/gone.nii.gz' does not exist" in last[0], last
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(cmd[:-6] + ["--epohcs", "3"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "InputError: unknown config id --epohcs" in proc.stderr
+
+
+def test_error_hook_prints_one_line_for_input_errors(capsys, monkeypatch):
+    from bundle.errors import install_error_hook
+
+    calls = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(a))
+    install_error_hook()
+    try:
+        try:
+            raise InputError("image x.nii.gz is 2D: fix it")
+        except InputError as err:
+            raise RuntimeError("applying transform <ValidateVolumed>") from err
+    except RuntimeError as wrapped:
+        sys.excepthook(RuntimeError, wrapped, wrapped.__traceback__)
+    assert capsys.readouterr().err.startswith("InputError: image x.nii.gz is 2D: fix it\n") and calls == []
+    project = InputError("input /x does not exist: give an existing file or folder.")
+    assert root_input_error(RuntimeError("Failed to instantiate")) is None
+    wrapped = RuntimeError("Failed to instantiate")
+    wrapped.__cause__ = project
+    assert root_input_error(wrapped) == "input /x does not exist: give an existing file or folder."
+    assert root_input_error(ValueError("bundle/x.py: looks like ours")) is None  # recognised by type, not by text
+    bug = KeyError("x")
+    sys.excepthook(KeyError, bug, None)  # not an input error: the normal hook prints the traceback
+    assert len(calls) == 1 and calls[0][1] is bug
+
+
+def test_training_config_refuses_unwritable_output_dir_before_building_anything(ct_dataset, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")  # a file where a folder should be (root ignores permission bits, not this)
+    cfg = os.path.join(ROOT, "configs")
+    wf = ConfigWorkflow(
+        config_file=os.path.join(cfg, "train.yaml"),
+        meta_file=os.path.join(cfg, "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=ROOT,
+        dataset_dir=str(ct_dataset),
+        output_dir=str(blocker / "run"),
+    )
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert re.match(r"ckpt_dir .*a_file/run/checkpoints is not writable .*--ckpt_dir", root_input_error(err.value))
+    assert not os.path.exists(tmp_path / "a_file" / "run")
