@@ -14,8 +14,8 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from bundle.evaluation.metrics import SYNAPSE_CLASSES
-from bundle.io.atomic import atomic_path
+from bundle.evaluation.metrics import SYNAPSE_CLASSES  # noqa: E402
+from bundle.io.atomic import atomic_path  # noqa: E402
 
 ORGAN_COLORS = ("tab:red", "tab:blue", "tab:cyan", "tab:green", "tab:purple", "tab:orange", "gold", "tab:pink")
 
