@@ -14,6 +14,7 @@ import torch
 from monai.handlers import CheckpointLoader
 
 from bundle.errors import InputError
+from bundle.networks.convert import unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -174,14 +175,9 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Dict[s
     Raises:
         InputError: missing or unreadable file, or no state dict of tensors inside.
     """
-    obj = read_checkpoint(str(path), map_location)
-    for key in ("model", "state_dict", "state_dict_ema"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(
-            f"checkpoint {path} does not hold a state dict of tensors (found {type(obj).__name__}): give a raw "
-            "state dict or one under 'model' or 'state_dict'."
-        )
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+    try:
+        return unwrap_state_dict(read_checkpoint(str(path), map_location), f"checkpoint {path}")
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(str(err)) from None

@@ -16,7 +16,13 @@ import torch
 
 from bundle.networks.msa2net import VARIANTS, MSA2Net
 
-__all__ = ["ConversionReport", "convert_official_state_dict", "official_variant_of"]
+__all__ = [
+    "ConversionReport",
+    "convert_official_state_dict",
+    "official_variant_of",
+    "summarize_conversion",
+    "unwrap_state_dict",
+]
 
 # Stage-local renames, applied to the part of a key after ``decoder_k.``; first match wins.
 _STAGE_RULES: List[Tuple[str, str]] = [
@@ -55,12 +61,36 @@ class ConversionReport:
     dropped: Dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        reasons: Dict[str, int] = {}
-        for why in self.dropped.values():
-            reasons[why] = reasons.get(why, 0) + 1
-        lines = [f"variant={self.variant} out_channels={self.out_channels}: {self.converted} tensors converted"]
-        lines += [f"  dropped {n} keys: {why}" for why, n in sorted(reasons.items())]
-        return "\n".join(lines)
+        return summarize_conversion(f"variant={self.variant} out_channels={self.out_channels}", self)
+
+
+def summarize_conversion(what: str, report) -> str:
+    """``<what>: N tensors converted`` and one line per reason with the number of keys dropped for it."""
+    reasons: Dict[str, int] = {}
+    for why in report.dropped.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    lines = [f"{what}: {report.converted} tensors converted"]
+    lines += [f"  dropped {n} keys: {why}" for why, n in sorted(reasons.items())]
+    return "\n".join(lines)
+
+
+def unwrap_state_dict(obj: object, where: str) -> Dict[str, torch.Tensor]:
+    """The state dict of tensors in ``obj``: bare, or under ``model`` / ``state_dict`` / ``state_dict_ema``;
+    ``module.`` (DataParallel/DDP) prefixes removed.
+
+    Raises:
+        ValueError: ``obj`` holds no non-empty state dict of tensors (``where`` names it in the message).
+    """
+    for key in ("model", "state_dict", "state_dict_ema"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{where} does not hold a state dict of tensors (found {type(obj).__name__}): give a raw state dict "
+            "or one under 'model' or 'state_dict'."
+        )
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def official_variant_of(state: Mapping[str, torch.Tensor]) -> str:

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from bundle.networks.convert import state_dict_mismatch
+from bundle.networks.convert import state_dict_mismatch, summarize_conversion, unwrap_state_dict
 from bundle.networks.sa2net import SA2Net
 
 __all__ = ["SA2NetConversionReport", "rename_official_key", "convert_official_state_dict"]
@@ -76,16 +76,11 @@ class SA2NetConversionReport:
     dropped: Dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        reasons: Dict[str, int] = {}
-        for why in self.dropped.values():
-            reasons[why] = reasons.get(why, 0) + 1
-        lines = [
+        what = (
             f"SA2Net(in_channels={self.in_channels}, out_channels={self.out_channels}, "
-            f"base_channels={self.base_channels}, deep_supervision={self.deep_supervision}): "
-            f"{self.converted} tensors converted"
-        ]
-        lines += [f"  dropped {n} keys: {why}" for why, n in sorted(reasons.items())]
-        return "\n".join(lines)
+            f"base_channels={self.base_channels}, deep_supervision={self.deep_supervision})"
+        )
+        return summarize_conversion(what, self)
 
 
 def rename_official_key(key: str, deep_supervision: bool = True) -> Tuple[Optional[str], str]:
@@ -147,7 +142,7 @@ def convert_official_state_dict(
         >>> converted, report = convert_official_state_dict(state)  # doctest: +SKIP
         >>> SA2Net(report.in_channels, report.out_channels).load_state_dict(converted, strict=True)  # doctest: +SKIP
     """
-    state = _unwrap(state, "The given object")
+    state = unwrap_state_dict(state, "The given object")
     missing_sig = [k for k in _SIGNATURE if k not in state]
     if missing_sig:
         raise ValueError(
@@ -170,19 +165,6 @@ def convert_official_state_dict(
     _check_against_model(converted, report)
     report.converted = len(converted)
     return converted, report
-
-
-def _unwrap(obj: object, where: str) -> Dict[str, torch.Tensor]:
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{where} does not hold a state dict of tensors (found {type(obj).__name__}); expected a raw state dict "
-            "or one under 'state_dict' or 'model'."
-        )
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def _check_against_model(converted: Mapping[str, torch.Tensor], report: SA2NetConversionReport) -> None:
