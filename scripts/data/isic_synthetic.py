@@ -18,12 +18,13 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bundle.data.isic import IMAGES_DIR, MASKS_DIR  # noqa: E402
 from bundle.data.synthetic import synthetic_lesion  # noqa: E402
+from bundle.errors import InputError  # noqa: E402
 
 
 def main(dst: str = "data/isic_synthetic", n: int = 12, seed: int = 0) -> None:
     """Writes ``n`` image/mask pairs under ``dst`` in the official two-folder layout; prints ``dst``."""
     if n < 3:
-        raise ValueError(f"scripts/data/isic_synthetic.py: n must be ≥ 3 (train/validation/test), got {n}.")
+        raise InputError(f"n must be ≥ 3 (train/validation/test), got {n}.")
     os.makedirs(os.path.join(dst, IMAGES_DIR), exist_ok=True)
     os.makedirs(os.path.join(dst, MASKS_DIR), exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo  # noqa: E402
 from bundle.data.synapse import ORGANS, remap_labels  # noqa: E402
+from bundle.errors import InputError  # noqa: E402
 from bundle.evaluation.plots import orientation_letters  # noqa: E402
 from bundle.transforms.geometry import reorient_array  # noqa: E402
 
@@ -81,9 +82,7 @@ def dicom_dice(pred_path: str, label_path: str) -> dict:
     affines (flips only), after checking that they cover the same world box.
     """
     if not np.allclose(_world_box(pred_path), _world_box(label_path), atol=1e-2):
-        raise ValueError(
-            f"scripts/demo/run_demo.py: {pred_path} and {label_path} do not cover the same voxels in the world."
-        )
+        raise InputError(f"{pred_path} and {label_path} do not cover the same voxels in the world.")
     pred = load_canonical(pred_path)
     truth = remap_labels(load_canonical(label_path).astype(np.int64), TOTALSEG_TO_SYNAPSE)
     scores = dice_per_organ(pred, truth)
@@ -160,7 +159,7 @@ def main(
             f.write(_ADAMW_OVERLAY)
         configs.append(f"{out}/demo_overlay.yaml")
     elif optimizer != "sgd":
-        raise ValueError(f"scripts/demo/run_demo.py: optimizer must be adamw or sgd, got {optimizer!r}.")
+        raise InputError(f"optimizer must be adamw or sgd, got {optimizer!r}.")
     lr = learning_rate if learning_rate is not None else (1e-3 if optimizer == "adamw" else 0.05)
     # short CPU schedule: Dice+CE (faster start than BDoU from scratch), no augmentation, one validation at the
     # end (so the kept "best" model is simply the last one: no selection on the held-out slices)

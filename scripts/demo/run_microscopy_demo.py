@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from bundle.data.demos import build_stardist_demo  # noqa: E402
+from bundle.errors import InputError  # noqa: E402
 from bundle.io.image2d import save_overlay_png  # noqa: E402
 
 
@@ -103,9 +104,7 @@ def main(
     pred_path = os.path.join(ROOT, out, "test", "masks", "nuclei_test_mask.png")
     pred = np.asarray(Image.open(pred_path)) > 0
     if pred.shape != truth.shape:
-        raise ValueError(
-            f"scripts/demo/run_microscopy_demo.py: mask {pred.shape} != image {truth.shape} ({pred_path})."
-        )
+        raise InputError(f"mask {pred.shape} != image {truth.shape} ({pred_path}).")
     dice = 2.0 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth))
     overlay = save_overlay_png(image, truth, os.path.join(ROOT, out, "overlay.png"), pred=pred)
     total = time.time() - t0

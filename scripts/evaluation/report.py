@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from bundle.data.synapse import HU_WINDOW  # noqa: E402
+from bundle.errors import InputError  # noqa: E402
 from bundle.evaluation.metrics import SYNAPSE_CLASSES  # noqa: E402
 from bundle.evaluation.plots import (  # noqa: E402
     plot_dice_bars,
@@ -82,8 +83,8 @@ def bars(report, out="dice_bars.png", paper=True, postprocess="raw"):
         summary = json.loads(Path(report).read_text())
         if postprocess != "raw":
             if postprocess not in (summary.get("postprocessed") or {}):
-                raise ValueError(
-                    f"scripts/evaluation/report.py: {report} has no post-processed rows named {postprocess!r}; evaluate with "
+                raise InputError(
+                    f"{report} has no post-processed rows named {postprocess!r}; evaluate with "
                     "--lcc True for LCC rows, or use --postprocess raw."
                 )
             summary = summary["postprocessed"][postprocess]
@@ -96,9 +97,7 @@ def bars(report, out="dice_bars.png", paper=True, postprocess="raw"):
             if r["mode"] == "protocol" and r["metric"] == "dice" and r.get("postprocess", "raw") == postprocess:
                 vals.setdefault(r["organ"], []).append(float(r["value"]))
         if not vals:
-            raise ValueError(
-                f"scripts/evaluation/report.py: {report} has no protocol Dice rows for postprocess={postprocess!r}."
-            )
+            raise InputError(f"{report} has no protocol Dice rows for postprocess={postprocess!r}.")
         per_organ = {k: float(np.mean(v)) for k, v in vals.items()}
     use_paper = paper and list(per_organ) == list(SYNAPSE_CLASSES)
     return str(plot_dice_bars(per_organ, out, PAPER_MSA2NET_SYNAPSE if use_paper else None))
