@@ -42,7 +42,7 @@ import fire
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bundle.validation import InputError  # noqa: E402  (moves to bundle/errors.py)
+from bundle.validation import InputError, install_error_hook  # noqa: E402  (moves to bundle/errors.py)
 
 NAME = "msa2net_synapse_ct_segmentation"  # the zoo name (scripts/package_bundle.py)
 STOCK_APP = "monaibundle"
@@ -264,6 +264,7 @@ def compare(a: str, b: str) -> dict:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # bad input: one InputError line, not a traceback
     fire.Fire(
         {
             "layout": layout,
