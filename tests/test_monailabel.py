@@ -89,7 +89,7 @@ def _free_port():
 
 @needs_monailabel
 @pytest.mark.slow
-def test_monaibundle_app_infer_equals_run_inference(tmp_path):
+def test_monaibundle_app_infer_equals_run_inference(tmp_path, request):
     import monailabel
 
     meta = json.load(open(os.path.join(ROOT, "configs/metadata.json")))
@@ -105,6 +105,7 @@ def test_monaibundle_app_infer_equals_run_inference(tmp_path):
 
     net = MSA2Net(in_channels=1, out_channels=9, variant="paper", encoder_weights=None)
     ckpt = tmp_path / "model.pt"
+    request.addfinalizer(lambda: ckpt.unlink(missing_ok=True))  # 300 MB; pytest keeps its last temp folders
     torch.save({"model": net.state_dict(), "geometry": Geometry().state_dict()}, ckpt)  # as training saves it
     del net
     model_dir = app.layout(str(tmp_path / "app"), ckpt=str(ckpt), link=True)
@@ -160,4 +161,3 @@ def test_monaibundle_app_infer_equals_run_inference(tmp_path):
     labels = np.unique(np.asarray(LoadImage(image_only=True)(ref)))
     assert len(labels) >= 3, labels  # a random network: many classes, so agreement is not trivially one label
     assert sorted(os.listdir(model_dir)) == ["LICENSE", "bundle", "configs", "models"]  # nothing written there
-    os.remove(ckpt)  # 300 MB; pytest keeps the last runs' temp folders
