@@ -56,7 +56,8 @@ from monai.transforms import (
 )
 from PIL import Image
 
-from .data import datalist_image_paths
+from .data import datalist_image_paths, dataset_dir_as_input
+from .validation import InputError
 
 __all__ = [
     "IMAGE_EXTS",
@@ -652,6 +653,7 @@ def list_images(
     data_list_key: str = "test",
     base_dir: Optional[str] = None,
     postfix: str = "mask",
+    dataset_dir: Optional[str] = None,
 ) -> List[Dict[str, str]]:
     """Images to segment as ``[{"image": path}]``, minus those whose output mask already exists.
 
@@ -666,12 +668,20 @@ def list_images(
         data_list_key: its section (``test``, ``validation`` …).
         base_dir: base for relative datalist paths (default: the datalist's folder).
         postfix: output suffix (must match :class:`SaveMask2Dd`'s).
+        dataset_dir: the model zoo's ``--dataset_dir``: without ``input``, a folder with no ``dataset.json`` (and
+            ``datalist`` at its default) is listed as ``input`` would be (:func:`bundle.data.dataset_dir_as_input`).
 
     Returns:
         A list of dicts for a MONAI Dataset.
+
+    Raises:
+        InputError: ``dataset_dir`` is used as the input folder but holds no image.
     """
     exts = tuple(e.lower() for e in exts)
     paths: List[str] = []
+    from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
+    if from_dataset_dir:
+        input = str(dataset_dir)
     if not input and datalist:
         paths = datalist_image_paths(datalist, data_list_key, base_dir, origin="bundle/image2d.py")
     else:
@@ -686,6 +696,11 @@ def list_images(
                 paths.append(entry)
             else:
                 raise ValueError(f"bundle/image2d.py: input {entry} does not exist.")
+    if from_dataset_dir and not paths:
+        raise InputError(
+            f"dataset_dir {dataset_dir} holds no dataset.json and no image ({', '.join(exts)}): point --dataset_dir "
+            "at the folder of images, or give --input."
+        )
     if output_dir and not overwrite:
         paths = [p for p in paths if not os.path.exists(mask_output_path(p, output_dir, postfix))]
     return [{"image": p} for p in paths]
