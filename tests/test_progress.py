@@ -72,3 +72,18 @@ def test_progress_plot_matches_logged_history_and_resumes(ct_dataset, tmp_path):
     resumed = json.load(open(numbers))["epochs"]
     assert [e["epoch"] for e in resumed] == [1, 2, 3] and resumed[:2] == epochs
     assert resumed[2]["val_mean_dice"] is not None and np.isfinite(resumed[2]["train_loss"])
+
+
+def test_only_rank_0_writes_and_nan_is_null(tmp_path, monkeypatch):
+    from bundle.training import progress
+
+    plot = progress.ProgressPlot(str(tmp_path))
+    plot.epochs = [{"epoch": 1, "train_loss": float("nan"), "lr": 0.1}, {"epoch": 2, "train_loss": 0.5, "lr": 0.05}]
+    plot.epochs[1]["val_mean_dice"] = 0.25
+    monkeypatch.setattr(progress, "_rank", lambda: 1)
+    assert plot.write() is None and os.listdir(tmp_path) == []
+    monkeypatch.setattr(progress, "_rank", lambda: 0)
+    assert plot.write() == str(tmp_path / "progress.png") and _png_size(tmp_path / "progress.png") == (1200, 400)
+    assert json.load(open(tmp_path / "progress.json"))["epochs"][0]["train_loss"] is None  # strict JSON
+    assert plot.history()["val_mean_dice"] == {"x": [2], "y": [0.25], "unit": "epoch"}
+    assert plot.history()["lr"]["y"] == [0.1, 0.05]
