@@ -17,6 +17,8 @@ import re
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from monai.apps import get_logger
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,17 +44,45 @@ def root_input_error(err: BaseException) -> Optional[str]:
     return None
 
 
+def _quiet() -> bool:
+    return os.environ.get("MSA2NET_TRACEBACK", "0") in ("", "0")
+
+
+class _InputErrorTracebackFilter(logging.Filter):
+    """Drops the traceback from log records of exceptions that carry an :class:`InputError` (message kept).
+
+    MONAI's ``StatsHandler`` logs every exception raised inside an engine with ``logger.exception`` before the
+    error hook prints the one line, so a bad checkpoint or a folder run with failed cases showed a traceback anyway.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _quiet() and root_input_error(exc) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# loggers that log engine exceptions with their traceback: StatsHandler's default name, and the root logger
+_TRACEBACK_LOGGERS = ("monai.handlers.StatsHandler", "")
+
+
 def install_error_hook() -> None:
     """Uncaught exceptions that carry an :class:`InputError` print ``InputError: <message>`` only (exit code 1).
 
-    Set ``MSA2NET_TRACEBACK=1`` for the full traceback.
+    Also keeps the tracebacks of such exceptions out of the logs of MONAI's ``StatsHandler``. Set
+    ``MSA2NET_TRACEBACK=1`` for the full traceback (in the logs and at exit).
     """
+    for name in _TRACEBACK_LOGGERS:
+        # set up as StatsHandler sets its logger up (its own stdout handler), which a plain getLogger would prevent
+        log = get_logger(name) if name and name not in logging.root.manager.loggerDict else logging.getLogger(name)
+        if not any(isinstance(f, _InputErrorTracebackFilter) for f in log.filters):
+            log.addFilter(_InputErrorTracebackFilter())
     if getattr(sys.excepthook, "_msa2net", False):
         return
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        message = root_input_error(exc) if os.environ.get("MSA2NET_TRACEBACK", "0") in ("", "0") else None
+        message = root_input_error(exc) if _quiet() else None
         if message is None:
             previous(exc_type, exc, tb)
             return

@@ -213,8 +213,14 @@ def read_training_history(run_dir) -> dict:
     return hist
 
 
+_LR_RE = re.compile(r"(^|[_/ ])lr($|[_/ ])|learning.?rate", re.IGNORECASE)
+
+
 def plot_training_curves(history: dict, path, width_px: int = 900, height_px: int = 400) -> Path:
     """Two panels: series whose name contains "loss" on the left, all others (validation Dice, ...) on the right.
+
+    A learning-rate series (named ``lr``, ``…_lr`` or ``learning_rate``) gets a third panel of its own (its scale
+    is not the metrics').
 
     Args:
         history: output of :func:`read_training_history`.
@@ -224,14 +230,18 @@ def plot_training_curves(history: dict, path, width_px: int = 900, height_px: in
     """
     if not history:
         raise ValueError("no training series found: expected StatsHandler logs, TensorBoard events or metrics.json")
-    fig, (a_loss, a_val) = plt.subplots(1, 2, figsize=(width_px / 100, height_px / 100), dpi=100)
+    has_lr = any(_LR_RE.search(name) for name in history)
+    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(width_px / 100, height_px / 100), dpi=100)
+    a_loss, a_val = axes[0], axes[1]
     for name, s in history.items():
-        ax = a_loss if "loss" in name.lower() else a_val
+        ax = axes[2] if has_lr and _LR_RE.search(name) else a_loss if "loss" in name.lower() else a_val
         ax.plot(s["x"], s["y"], label=name, marker="." if len(s["x"]) < 50 else None)
         ax.set_xlabel(s["unit"])
     a_loss.set_title("loss")
     a_val.set_title("validation metrics")
-    for ax in (a_loss, a_val):
+    if has_lr:
+        axes[2].set_title("learning rate")
+    for ax in axes:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()

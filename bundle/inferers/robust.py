@@ -6,7 +6,9 @@ the end (non-zero exit) instead of at the first bad file.
   slice on it (0 slices) and :class:`BadCaseSafeCompose` / :class:`UnlessBadCase` keep the postprocessing (writer)
   from touching it.
 * :class:`FailureReport` (Ignite handler): collects the markers, writes ``<output_dir>/failures.json``
-  atomically at ``COMPLETED`` (``[]`` when all cases passed) and then raises :class:`CasesFailed` if any failed.
+  atomically at ``COMPLETED`` (``[]`` when all cases passed) and then raises :class:`CasesFailed` if any failed;
+  its message is the summary line and one line per failed case, which the error hook of
+  :func:`bundle.errors.install_error_hook` prints without a traceback (``MSA2NET_TRACEBACK=1`` shows it).
 """
 
 from __future__ import annotations
@@ -139,8 +141,19 @@ class FailureReport:
         if not self.failures:
             logger.info(f"all {self.cases} cases done; {self.path}: no failures")
             return
-        lines = " | ".join(f["reason"] for f in self.failures[:5]) + (" | …" if len(self.failures) > 5 else "")
-        summary = f"{len(self.failures)} of {self.cases} cases failed (details in {self.path}): {lines}"
+        summary = failure_summary(self.failures, self.cases, self.path)
         logger.error(summary)
         if self.raise_on_failure:
             raise CasesFailed(summary)
+
+
+def failure_summary(failures: List[Dict[str, str]], cases: int, path: str, max_lines: int = 200) -> str:
+    """The summary line, then one line per failed case (its reason, which names the file; else ``file: reason``)."""
+    head = f"{len(failures)} of {cases} cases failed (details in {path}):"
+    lines = [
+        f"  failed: {f['reason']}" if f["file"] in f["reason"] else f"  failed: {f['file']}: {f['reason']}"
+        for f in failures[:max_lines]
+    ]
+    if len(failures) > max_lines:
+        lines.append(f"  … and {len(failures) - max_lines} more (all in {path})")
+    return "\n".join([head, *lines])

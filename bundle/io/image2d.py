@@ -17,7 +17,7 @@ from PIL import Image
 
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_path
-from bundle.io.datalist import datalist_image_paths
+from bundle.io.datalist import datalist_image_paths, dataset_dir_as_input
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -258,6 +258,7 @@ def list_images(
     data_list_key: str = "test",
     base_dir: Optional[str] = None,
     postfix: str = "mask",
+    dataset_dir: Optional[str] = None,
 ) -> List[Dict[str, str]]:
     """Images to segment as ``[{"image": path}]``, minus those whose output mask already exists.
 
@@ -272,14 +273,23 @@ def list_images(
         data_list_key: its section (``test``, ``validation`` …).
         base_dir: base for relative datalist paths (default: the datalist's folder).
         postfix: output suffix (must match :class:`SaveMask2Dd`'s).
+        dataset_dir: the model zoo's ``--dataset_dir``: without ``input``, a folder with no ``dataset.json`` (and
+            ``datalist`` left at its default ``<dataset_dir>/dataset.json``) is listed as ``input`` would be
+            (:func:`bundle.io.datalist.dataset_dir_as_input`); a folder with a ``dataset.json`` uses that datalist.
 
     Returns:
         A list of dicts for a MONAI Dataset.
+
+    Raises:
+        InputError: ``dataset_dir`` is used as the input folder but holds nothing to segment.
     """
     exts = tuple(e.lower() for e in exts)
     paths: List[str] = []
+    from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
+    if from_dataset_dir:
+        input = str(dataset_dir)
     if not input and datalist:
-        paths = datalist_image_paths(datalist, data_list_key, base_dir, origin="bundle/transforms/image2d.py")
+        paths = datalist_image_paths(datalist, data_list_key, base_dir)
     else:
         for entry in [input] if isinstance(input, (str, os.PathLike)) else list(input or []):
             entry = str(entry)
@@ -292,6 +302,11 @@ def list_images(
                 paths.append(entry)
             else:
                 raise InputError(f"input {entry} does not exist.")
+    if from_dataset_dir and not paths:
+        raise InputError(
+            f"dataset_dir {dataset_dir} holds no dataset.json and no image ({', '.join(exts)}): point --dataset_dir "
+            "at the folder of images (e.g. imagesTs/), or give --input."
+        )
     if output_dir and not overwrite:
         paths = [p for p in paths if not os.path.exists(mask_output_path(p, output_dir, postfix))]
     return [{"image": p} for p in paths]

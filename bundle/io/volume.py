@@ -27,7 +27,7 @@ from monai.transforms import LoadImaged, MapTransform
 
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_path
-from bundle.io.datalist import datalist_image_paths
+from bundle.io.datalist import datalist_image_paths, dataset_dir_as_input
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +336,7 @@ def list_volumes(
     output_dir: Optional[str] = None,
     postfix: str = "seg",
     overwrite: bool = False,
+    dataset_dir: Optional[str] = None,
 ) -> List[Dict[str, str]]:
     """Volumes to segment, as ``[{"image": path}]``, minus those whose output already exists.
 
@@ -348,13 +349,22 @@ def list_volumes(
         output_dir: where outputs go; existing outputs are skipped unless ``overwrite``.
         postfix: output name suffix (must match the saver's).
         overwrite: keep inputs whose output exists.
+        dataset_dir: the model zoo's ``--dataset_dir``: without ``input``, a folder with no ``dataset.json`` (and
+            ``datalist`` left at its default ``<dataset_dir>/dataset.json``) is listed as ``input`` would be
+            (:func:`bundle.io.datalist.dataset_dir_as_input`); a folder with a ``dataset.json`` uses that datalist.
 
     Returns:
         A list of dicts for a MONAI Dataset.
+
+    Raises:
+        InputError: ``dataset_dir`` is used as the input folder but holds nothing to segment.
     """
     paths: List[str] = []
+    from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
+    if from_dataset_dir:
+        input = str(dataset_dir)
     if not input and datalist:
-        paths = datalist_image_paths(datalist, data_list_key, base_dir, origin="bundle/inferers/axial.py")
+        paths = datalist_image_paths(datalist, data_list_key, base_dir)
     else:
         for entry in [input] if isinstance(input, str) else list(input or []):
             if os.path.isdir(entry):
@@ -369,6 +379,11 @@ def list_volumes(
                 paths.append(entry)
             else:
                 raise InputError(f"input {entry} does not exist.")
+    if from_dataset_dir and not paths:
+        raise InputError(
+            f"dataset_dir {dataset_dir} holds no dataset.json and no volume (.nii.gz/.nii/.nrrd/.mha) or DICOM series folder: point --dataset_dir "
+            "at the folder of images (e.g. imagesTs/), or give --input."
+        )
     if output_dir and not overwrite:
         paths = [p for p in paths if not os.path.exists(output_path(p, output_dir, postfix))]
     return [{"image": p} for p in paths]

@@ -15,7 +15,7 @@ import fire
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from bundle.data.isic import IMAGES_DIR, MASKS_DIR  # noqa: E402
 from bundle.data.synthetic import synthetic_lesion  # noqa: E402
 from bundle.errors import InputError  # noqa: E402

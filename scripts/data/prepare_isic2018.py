@@ -15,7 +15,7 @@ import sys
 
 import fire
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the bundle root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
 
 from bundle.data.isic import prepare_isic2018  # noqa: E402
 

@@ -10,7 +10,7 @@ import sys
 
 import fire
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the bundle root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
 
 from bundle.data.synapse import prepare_btcv  # noqa: E402
 from bundle.data.transunet import import_transunet  # noqa: E402

@@ -17,7 +17,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from anywhere
 
 from bundle.data.synapse import HU_WINDOW  # noqa: E402
 from bundle.errors import InputError  # noqa: E402
