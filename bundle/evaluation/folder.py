@@ -162,7 +162,7 @@ def _check_pair(pred, label, pred_path: str, label_path: str, num_classes: int) 
             image = " (an image, not a label map?)" if len(values) > 255 else ""
             raise InputError(
                 f"{what} {path} has label values {outside[:10]} outside 0..{num_classes - 1}{image}: map its labels to the "
-                f"{num_classes - 1} organs scored (Synapse ids 1..8: scripts/prepare_synapse.py btcv), or set "
+                f"{num_classes - 1} organs scored (Synapse ids 1..8: scripts/data/prepare_synapse.py btcv), or set "
                 "--num_classes to match."
             )
 

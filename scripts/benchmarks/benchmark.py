@@ -12,6 +12,7 @@ Examples::
     python scripts/benchmarks/benchmark.py volume --threads 2 --backend auto --batch 4
     python scripts/benchmarks/benchmark.py side_by_side --threads 2 --official_repo /tmp/msa2net_src --rounds 10
     python scripts/benchmarks/benchmark.py loader
+    python scripts/benchmarks/benchmark.py tensorrt --precisions fp32,tf32 --batches 1,16,32       # CUDA + TensorRT only
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _write(name: str, record: dict, command: str) -> None:
     record["env"]["loadavg_end"] = list(os.getloadavg())
     record["command"] = command
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=4) + "\n")  # the model zoo's JSON format
     env = "\n".join(f"- {k}: {v}" for k, v in record["env"].items())
     notes = "".join(f"- {n}\n" for n in record.get("notes", []))
     md = f"# {name}\n\nCommand: `{command}`\n\n{env}\n\n{notes}\n{_md_table(record['rows'])}"
@@ -736,6 +737,115 @@ def training(
     _write(name or f"training_{device}", record, _command())
 
 
+# ----------------------------------------------------------------------------------------------- tensorrt
+def tensorrt(
+    variant: str = "paper",
+    precisions: str = "fp32,tf32",
+    batches: str = "1,16,32",
+    opt_level: int = 3,
+    reps: int = 20,
+    warmup: int = 3,
+    slices: int = 200,
+    name: str = "tensorrt_cuda",
+    device: str = "cuda",
+) -> None:
+    """TensorRT engines as configs/inference_trt.yaml builds them, against eager PyTorch on CUDA: parity and speed.
+
+    Per precision, one engine for batches 1..max(batches) (``bundle.inferers.tensorrt.trt_network``, built once:
+    ``build_s``); on one random MSA²Net and input: max |Δ logit|, relative L2 and argmax agreement (all pixels, and
+    pixels whose fp32 top-1/top-2 margin exceeds 0.05) against eager fp32 with TF32 off; forward slices/s per batch
+    for the engine and for eager fp32 (torch defaults) / bf16 autocast in the same process; one whole-volume run
+    (a synthetic 512×512×``slices`` CT through bundle.inference.AxialSliceInferer, as the inference config runs it).
+    Without CUDA or TensorRT the record says why (no rows) instead of failing.
+    """
+    import copy
+
+    from bundle.inferers.tensorrt import check_tensorrt, trt_network
+    from bundle.errors import InputError
+
+    batch_list = [int(b) for b in _split(batches)]
+    rows, notes = [], []
+    env = _environment(device if torch.cuda.is_available() else "cpu", torch.get_num_threads())
+    try:
+        env["tensorrt"] = check_tensorrt(device, "fp32")
+    except InputError as err:
+        notes.append(f"skipped: {err}")
+        _write(name, {"env": env, "variant": variant, "rows": rows, "notes": notes}, _command())
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_trt_"))
+    net = _build(variant).to(device)
+    ckpt = tmp / "model.pt"  # names the engines (trt_network hashes it), as models/model.pt does in the config
+    torch.save({"model": net.state_dict()}, ckpt)
+    x = torch.randn(4, 1, 224, 224, device=device, generator=torch.Generator(device).manual_seed(1))
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+    with torch.inference_mode():
+        ref = net(x).float()
+    torch.backends.cudnn.allow_tf32 = True  # torch's default again for the eager timings
+    top2 = ref.topk(2, dim=1).values
+    confident = (top2[:, 0] - top2[:, 1]) > 0.05
+    image = tmp / "ct.nii.gz"
+    write_body_ct(image, (512, 512, slices))
+    for dname in ("fp32", "bf16"):  # eager baselines, same process
+        fast = optimize_for_inference(copy.deepcopy(net), backend="eager", dtype=DTYPES[dname])
+        for b in batch_list:
+            xb = torch.randn(b, 1, 224, 224, device=device)
+            med = statistics.median(_time(lambda: fast(xb), device, warmup, reps))
+            rows.append({"what": "forward", "backend": "eager", "dtype": dname, "batch": b, "slices_per_s": b / med})
+    for precision in _split(precisions):
+        try:
+            check_tensorrt(device, precision)
+        except InputError as err:
+            notes.append(f"{precision} skipped: {err}")
+            continue
+        engine = trt_network(copy.deepcopy(net), str(ckpt), device, precision, max(batch_list), opt_level, str(tmp))
+        t0 = time.perf_counter()
+        with torch.no_grad():  # as AxialSliceInferer calls it (the ONNX export traces; inference_mode is not needed)
+            engine(x[:1])  # exports to ONNX and builds the engine (saved under tmp)
+        build_s = time.perf_counter() - t0
+        with torch.no_grad():
+            out = engine(x).float().clone()  # the engine reuses its output buffer: keep a copy
+        diff = out - ref
+        agree = out.argmax(1) == ref.argmax(1)
+        row = {"what": "parity_vs_eager_fp32", "backend": "tensorrt", "dtype": precision, "batch": int(x.shape[0])}
+        row.update(max_abs_diff=diff.abs().max().item(), rel_l2=(diff.norm() / ref.norm()).item())
+        row.update(
+            argmax_agreement=agree.float().mean().item(),
+            argmax_agreement_confident=agree[confident].float().mean().item(),
+        )
+        row.update(build_s=build_s)
+        rows.append(row)
+        for b in batch_list:
+            xb = torch.randn(b, 1, 224, 224, device=device)
+            med = statistics.median(_time(lambda: engine(xb), device, warmup, reps))
+            rows.append(
+                {"what": "forward", "backend": "tensorrt", "dtype": precision, "batch": b, "slices_per_s": b / med}
+            )
+        t0 = time.perf_counter()
+        depth = _bundle_volume_inference(
+            lambda v: engine(v.to(device)).float().cpu(), image, tmp / "out", max(batch_list)
+        )
+        wall = time.perf_counter() - t0
+        rows.append(
+            {
+                "what": "volume",
+                "backend": "tensorrt",
+                "dtype": precision,
+                "batch": max(batch_list),
+                "slices_per_s": depth / wall,
+            }
+        )
+        engine = None
+    notes.append(
+        f"engines: MONAI trt_compile (ONNX → TensorRT), batch 1-{max(batch_list)}, builder level {opt_level}; parity "
+        "reference: eager fp32 with TF32 off; eager timings with torch defaults (cuDNN TF32 on); volume: synthetic "
+        f"512x512x{slices} CT read to mask, CPU preprocessing included"
+    )
+    _write(name, {"env": env, "variant": variant, "rows": rows, "notes": notes}, _command())
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------------- side by side
 def _official(repo: str, variant: str, harness: str, seed: int):
     spec = importlib.util.spec_from_file_location("official_msa2net_harness", harness)
@@ -831,5 +941,6 @@ if __name__ == "__main__":
             "datapath": datapath,
             "training": training,
             "side_by_side": side_by_side,
+            "tensorrt": tensorrt,
         }
     )

@@ -45,7 +45,7 @@ def main(variant: str = "paper", in_channels: int = 1, out_channels: int = 9, js
         for part, n in info["parameters"].items():
             print(f"  {part:<48s} {n:>12,d}")
     if json_out:
-        Path(json_out).write_text(json.dumps(infos, indent=2, default=list) + "\n")
+        Path(json_out).write_text(json.dumps(infos, indent=4, default=list) + "\n")  # the zoo's JSON format
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def _json_configs() -> dict:
 
     out = {}
     for yaml_path in sorted((ROOT / "configs").glob("*.yaml")):
-        out[f"configs/{yaml_path.stem}.json"] = json.dumps(ConfigParser.load_config_file(yaml_path), indent=4)
+        out[f"configs/{yaml_path.stem}.json"] = json.dumps(ConfigParser.load_config_file(yaml_path), indent=4) + "\n"
     return out
 
 

@@ -238,9 +238,12 @@ def check_workflows(work: Path) -> str:
 
 def check_hooks(work: Path) -> str:
     problems = []
-    ok, out = _run([sys.executable, "-m", "pre_commit_hooks.pretty_format_json", "--no-sort-keys", "--indent=4", META])
+    jsons = sorted(str(p.relative_to(ROOT)) for top in ("configs", "docs") for p in (ROOT / top).rglob("*.json"))
+    ok, out = _run(
+        [sys.executable, "-m", "pre_commit_hooks.pretty_format_json", "--no-sort-keys", "--indent=4", *jsons]
+    )
     if not ok:
-        problems.append(f"metadata.json formatting: {out}")
+        problems.append(f"JSON formatting (the zoo's pretty-format-json): {out}")
     yamls = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
     ok, out = _run([sys.executable, "-m", "pre_commit_hooks.check_yaml", *yamls])
     if not ok:
@@ -251,7 +254,7 @@ def check_hooks(work: Path) -> str:
         problems.append(f"files over 1 MB (zoo limit; move to large_files.yml): {big}")
     if problems:
         raise AssertionError("\n".join(problems))
-    return f"metadata JSON formatted, {len(yamls)} YAML files parse, no tracked file over 1 MB"
+    return f"{len(jsons)} JSON files formatted, {len(yamls)} YAML files parse, no tracked file over 1 MB"
 
 
 def check_format(work: Path) -> str:
