@@ -760,8 +760,8 @@ def tensorrt(
     """
     import copy
 
-    from bundle.inferers.tensorrt import check_tensorrt, trt_network
     from bundle.errors import InputError
+    from bundle.inferers.tensorrt import check_tensorrt, trt_network
 
     batch_list = [int(b) for b in _split(batches)]
     rows, notes = [], []

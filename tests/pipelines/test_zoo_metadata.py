@@ -78,9 +78,12 @@ def imports():
 
 def test_the_scan_sees_module_and_function_level_imports(imports):
     """Guards the scan itself: known imports of this package land on the right side."""
-    assert "bundle/reports.py" in imports["matplotlib"]["module"]
+    assert "bundle/evaluation/plots.py" in imports["matplotlib"]["module"]
     assert "bundle/networks/encoders.py" in imports["timm"]["module"]
-    assert imports["onnxruntime"]["module"] == set() and "bundle/perf.py" in imports["onnxruntime"]["function"]
+    assert (
+        imports["onnxruntime"]["module"] == set()
+        and "bundle/inferers/backends.py" in imports["onnxruntime"]["function"]
+    )
 
 
 @pytest.mark.parametrize("meta_path", METADATA)
@@ -153,11 +156,11 @@ def test_the_zoo_hook_agrees():
 
 
 def test_generated_zip_configs_are_in_the_zoo_format():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "release"))
     try:
         import package_bundle
     finally:
-        sys.path.remove(os.path.join(ROOT, "scripts"))
+        sys.path.remove(os.path.join(ROOT, "scripts", "release"))
     rendered = package_bundle._json_configs()
     assert "configs/inference_trt.json" in rendered and "configs/inference.json" in rendered
     for name, text in rendered.items():
