@@ -39,6 +39,7 @@ from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
 import torch
 from monai.transforms import (
     Compose,
+    CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
     MapTransform,
@@ -62,7 +63,9 @@ from bundle.io.volume import LoadVolumed, ValidateVolumed
 from bundle.transforms.augment import MEMBERS
 from bundle.transforms.geometry import (
     DEFAULT_AXCODES,
+    body_mask,
     check_axcodes,
+    check_crop_body,
     check_pixel_size,
     inplane_spacing,
     to_network_grid,
@@ -105,8 +108,10 @@ def ct_volume_transforms(
     num_classes: Optional[int] = 9,
     validate: bool = True,
     axcodes: str = DEFAULT_AXCODES,
+    crop_body: bool = False,
 ) -> Compose:
-    """Deterministic volume stage: load, check, channel first, canonical orientation, HU window [-125, 275] → [0, 1].
+    """Deterministic volume stage: load, check, channel first, canonical orientation, HU window [-125, 275] → [0, 1],
+    optionally an in-plane crop to the body.
 
     Args:
         keys: image key first, then an optional label key.
@@ -115,6 +120,8 @@ def ct_volume_transforms(
         validate: run the per-case checks (clear errors for bad files; NaN/inf replaced with a warning).
         axcodes: canonical storage order (``Orientationd``: flips/permutations, no resampling; invertible, so
             ``Invertd`` puts predictions back on the input's grid). ``None`` keeps the stored order.
+        crop_body: crop in-plane to the patient's body (``CropForegroundd`` with
+            :func:`bundle.transforms.geometry.body_mask`; invertible: ``Invertd`` pads predictions back with background).
 
     Returns:
         The Compose (cacheable: every step is deterministic).
@@ -127,9 +134,11 @@ def ct_volume_transforms(
     if axcodes is not None:
         steps.append(Orientationd(keys=keys, axcodes=check_axcodes(axcodes), labels=None))
     steps += [
-        ScaleIntensityRanged(keys=keys[0], a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
-        EnsureTyped(keys=keys, dtype="float32", track_meta=True),
+        ScaleIntensityRanged(keys=keys[0], a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True)
     ]
+    if check_crop_body(crop_body):
+        steps.append(CropForegroundd(keys=keys, source_key=keys[0], select_fn=body_mask, allow_smaller=True))
+    steps.append(EnsureTyped(keys=keys, dtype="float32", track_meta=True))
     return Compose(steps)
 
 

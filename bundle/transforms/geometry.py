@@ -13,6 +13,11 @@ inference and evaluation apply the checkpoint's own (:func:`checkpoint_geometry`
   network's pixel size is the slice's field of view / 224. A number ``p`` (mm): each slice is sampled onto a
   224 × 224 grid of ``p`` mm pixels centred on the slice centre (field of view ``224·p`` mm, cropped or padded with
   air), in one interpolation, so scans of any pixel size and field of view look alike to the network.
+* ``crop_body`` -- ``False`` (official): the network grid is centred on the scan's field of view. ``True``: each
+  volume is first cropped in-plane to the patient's body (MONAI ``CropForegroundd`` with :func:`body_mask`;
+  invertible, every slice kept), so the grid is centred on the patient wherever the scanner put them. A model
+  trained on few patients reads absolute position in the grid (on the demo, shifting held-out slices by 33 mm drops
+  their Dice from 0.77 to 0.23), so this is what lets it carry to a scan framed differently.
 
 :func:`to_network_grid` (anti-aliasing + the :func:`network_grid_theta` sampling) is the one mapping from a slice to
 a physical-pixel-size network grid; the training transform (:class:`bundle.transforms.ct.NetworkGridd`), the slice table
@@ -28,6 +33,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from monai.transforms.utils import get_largest_connected_component_mask
 
 from bundle.errors import InputError
 from bundle.io.checkpoint import read_checkpoint
@@ -78,8 +84,46 @@ def check_pixel_size(pixel_size: Any) -> Optional[float]:
     return value
 
 
+def check_crop_body(crop_body: Any) -> bool:
+    """``crop_body`` as a bool (``True``/``False`` or their strings).
+
+    Raises:
+        InputError: anything else.
+    """
+    if isinstance(crop_body, str) and crop_body.strip().lower() in ("true", "false"):
+        return crop_body.strip().lower() == "true"
+    if not isinstance(crop_body, bool):
+        raise InputError(
+            f"crop_body {crop_body!r} is not true or false: give --crop_body True (centre the network grid on the "
+            "patient's body) or --crop_body False (on the scan's field of view, the official recipe)."
+        )
+    return crop_body
+
+
+def body_mask(image: Any, threshold: float = 0.0) -> torch.Tensor:
+    """Where the patient's body is, for ``CropForegroundd(select_fn=body_mask)``: the largest connected region of
+    the slices' combined footprint ``image > threshold`` (windowed CT: HU above -125, so air and noise are out and
+    a table or arms apart from the trunk are dropped), repeated on every slice, so the crop is in-plane only and
+    every slice is kept.
+
+    Args:
+        image: (C, H, W, D) windowed CT in [0, 1].
+        threshold: the body's lower bound in window units.
+
+    Returns:
+        A (C, H, W, D) boolean mask; everywhere True when nothing exceeds the threshold (a blank scan is not cropped).
+    """
+    x = torch.as_tensor(image)
+    footprint = (x[0] > threshold).any(-1)
+    if not bool(footprint.any()):
+        return torch.ones_like(x, dtype=torch.bool)
+    body = torch.as_tensor(get_largest_connected_component_mask(footprint, connectivity=1)).bool()
+    return body[None, :, :, None].expand_as(x)
+
+
 class Geometry:
-    """The storage order and network pixel size a network is trained and applied with; saved in checkpoints.
+    """The storage order, network pixel size and field-of-view centre a network is trained and applied with; saved
+    in checkpoints.
 
     Has ``state_dict`` / ``load_state_dict``, so it goes into a ``CheckpointSaver``'s ``save_dict`` beside the
     model. Loading a checkpoint made with other settings refuses with the options to pass (a resumed run must not
@@ -88,23 +132,26 @@ class Geometry:
     Args:
         axcodes: canonical storage order (:func:`check_axcodes`).
         pixel_size: network pixel size in mm, or ``None`` (:func:`check_pixel_size`).
+        crop_body: crop each volume in-plane to the patient's body first (:func:`body_mask`), so the network grid
+            is centred on the patient, not on the scanner's field of view; ``False``: the official recipe.
 
     Examples::
 
         >>> Geometry("PLS", 1.6).state_dict()
-        {'axcodes': 'PLS', 'pixel_size': 1.6}
+        {'axcodes': 'PLS', 'pixel_size': 1.6, 'crop_body': False}
     """
 
-    def __init__(self, axcodes: str = DEFAULT_AXCODES, pixel_size: Optional[float] = None) -> None:
+    def __init__(self, axcodes: str = DEFAULT_AXCODES, pixel_size: Optional[float] = None, crop_body: bool = False):
         self.axcodes = check_axcodes(axcodes)
         self.pixel_size = check_pixel_size(pixel_size)
+        self.crop_body = check_crop_body(crop_body)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "Geometry":
-        return cls(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size"))
+        return cls(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size"), state.get("crop_body", False))
 
     def state_dict(self) -> dict:
-        return {"axcodes": self.axcodes, "pixel_size": self.pixel_size}
+        return {"axcodes": self.axcodes, "pixel_size": self.pixel_size, "crop_body": self.crop_body}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         other = Geometry.from_state(state)
@@ -116,16 +163,17 @@ class Geometry:
 
     def describe(self) -> str:
         size = "whole-slice resize" if self.pixel_size is None else f"pixel_size {self.pixel_size:g} mm"
-        return f"axcodes {self.axcodes}, {size}"
+        return f"axcodes {self.axcodes}, {size}, crop_body {self.crop_body}"
 
     def options(self) -> str:
-        return f"--axcodes {self.axcodes} --pixel_size {'$None' if self.pixel_size is None else f'{self.pixel_size:g}'}"
+        size = "$None" if self.pixel_size is None else f"{self.pixel_size:g}"
+        return f"--axcodes {self.axcodes} --pixel_size {size} --crop_body {self.crop_body}"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Geometry) and other.state_dict() == self.state_dict()
 
     def __repr__(self) -> str:
-        return f"Geometry(axcodes={self.axcodes!r}, pixel_size={self.pixel_size!r})"
+        return f"Geometry(axcodes={self.axcodes!r}, pixel_size={self.pixel_size!r}, crop_body={self.crop_body!r})"
 
 
 def _saved_geometry(path: str) -> Optional[Geometry]:
@@ -141,17 +189,20 @@ def checkpoint_geometry(
     ckpt_paths: Sequence[str] = (),
     axcodes: str = FROM_CHECKPOINT,
     pixel_size: Union[float, str, None] = FROM_CHECKPOINT,
+    crop_body: Union[bool, str] = FROM_CHECKPOINT,
 ) -> Geometry:
     """The geometry to apply a checkpoint (or an ensemble) with: the one saved in it, checked against overrides.
 
     A checkpoint without a ``geometry`` entry (converted official weights, older files) gets the official one
-    (``PLS``, whole-slice resize). An explicit ``axcodes`` / ``pixel_size`` must agree with a saved one.
+    (``PLS``, whole-slice resize, no body crop). An explicit ``axcodes`` / ``pixel_size`` / ``crop_body`` must
+    agree with a saved one.
 
     Args:
         ckpt_path: the single checkpoint (used when ``ckpt_paths`` is empty).
         ckpt_paths: ensemble members; all must have been trained with the same geometry.
         axcodes: ``"checkpoint"`` or an explicit order.
         pixel_size: ``"checkpoint"``, ``None`` or mm.
+        crop_body: ``"checkpoint"`` or a bool.
 
     Raises:
         InputError: members disagree, or an explicit setting contradicts the checkpoint.
@@ -169,12 +220,13 @@ def checkpoint_geometry(
     wanted = Geometry(
         base.axcodes if axcodes == FROM_CHECKPOINT else axcodes,
         base.pixel_size if pixel_size == FROM_CHECKPOINT else pixel_size,
+        base.crop_body if crop_body == FROM_CHECKPOINT else crop_body,
     )
     if found and wanted != base:
         path = next(iter(found))
         raise InputError(
             f"checkpoint {path} was trained with {base.describe()}, but {wanted.describe()} was asked for: drop "
-            f"--axcodes/--pixel_size (the checkpoint's own are applied) or pass {base.options()}."
+            f"--axcodes/--pixel_size/--crop_body (the checkpoint's own are applied) or pass {base.options()}."
         )
     return wanted
 

@@ -2,7 +2,7 @@
 held-out slices and a second, unseen scan (a 512×512 DICOM series stored LPS at 0.98 mm, where the training CT is
 stored RAS at 3 mm), print per-organ Dice for both and write an overlay PNG.
 
-Usage: python scripts/demo/run_demo.py [--epochs 40] [--batch_size 2] [--slices_per_epoch 10] [--pixel_size 3.0]
+Usage: python scripts/demo/run_demo.py [--epochs 40] [--batch_size 2] [--slices_per_epoch 10] [--pixel_size 3.0] [--crop_body True]
     [--optimizer adamw|sgd] [--out runs/demo]
 Every step is an ordinary bundle command (printed before it runs); the demo's labels are TotalSegmentator model
 outputs, not manual annotations, and the held-out slices neighbour training slices (see bundle/data/demos.py).
@@ -135,6 +135,7 @@ def main(
     pixel_size: float = 3.0,
     augment: bool = False,
     augment_members: str = "",
+    crop_body: bool = True,
     out: str = "runs/demo",
     data: str = "demo_data",
     threads: int = 2,
@@ -144,7 +145,9 @@ def main(
     ``optimizer="sgd"`` keeps the paper's SGD (lr 0.05); the default AdamW (lr 1e-3) learns faster in the few
     dozen iterations a 2-core CPU allows (from scratch: no pretrained encoder is reachable offline).
     ``pixel_size`` (mm, or None for the official whole-slice resize): 3.0, the training CT's own pixel size, shows
-    the 0.98 mm DICOM series to the network at the same physical scale (docs/orientation.md).
+    the 0.98 mm DICOM series to the network at the same physical scale (docs/orientation.md). ``crop_body`` (default
+    on) centres the network grid on each patient's body, so the second scan's organs fall where the training
+    patient's did (DICOM mean Dice 0.21 without it, 0.36 with it; docs/orientation.md).
     """
     t0 = time.time()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -196,6 +199,8 @@ def main(
             str(bool(augment)),
             "--augment_members",
             _members(augment_members),
+            "--crop_body",
+            str(bool(crop_body)),
             "--pixel_size",
             "$None" if pixel_size is None else str(pixel_size),
             "--val_interval",
@@ -250,6 +255,7 @@ def main(
                 "pixel_size": pixel_size,
                 "augment": bool(augment),
                 "augment_members": augment_members,
+                "crop_body": bool(crop_body),
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "slices_per_epoch": slices_per_epoch,

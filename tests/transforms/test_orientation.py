@@ -21,7 +21,7 @@ from test_end_to_end import _inference_workflow
 
 from bundle.data.synthetic import write_dicom_series
 from bundle.errors import InputError, root_input_error
-from bundle.transforms.geometry import Geometry, checkpoint_geometry, reorient_array
+from bundle.transforms.geometry import Geometry, body_mask, checkpoint_geometry, reorient_array
 
 CFG = os.path.join(ROOT, "configs")
 # rows → posterior 0.8 mm, columns → patient's left 0.7 mm, slices → superior 3 mm, with an offset
@@ -299,3 +299,49 @@ def test_protocol_and_smooth_resampling_agree_with_a_pixel_size():
     }
     assert set(np.unique(out["protocol"])) == set(np.unique(out["smooth"])) == {0, 1, 3, 4}
     assert (out["protocol"] == out["smooth"]).mean() > 0.99
+
+
+# ------------------------------------------------------------------------------------------------ body crop
+def test_crop_body_centres_the_grid_on_the_patient_in_every_order(tmp_path):
+    """crop_body: the patient (224² slices of 0 HU tissue) lies off-centre in a 400 × 420 field of air; cropped to
+    the body, the network sees the patient's own quadrants in every storage order (QuadrantNet's classes of the
+    patient alone, exact: the crop is 224² and the resize an identity), and the mask comes back on the input's grid
+    with background in the air. Without the crop the same scan gets other classes."""
+    pls = _patient()
+    field = np.full((400, 420, 3), -1000.0, np.float32)
+    field[170:394, 190:414] = pls
+    expected = np.zeros(field.shape, np.uint8)
+    expected[170:394, 190:414] = quadrant_labels(pls)
+    paths = _stored_inputs(tmp_path, field)
+    _infer(str(tmp_path / "in"), tmp_path / "out", _checkpoint(tmp_path / "model.pt", Geometry("PLS", None, True)))
+    for name, path in paths.items():
+        seg = _output(tmp_path / "out", os.path.basename(path).split(".")[0])
+        ref = nib.load(path) if name in ORDERS else LoadImage(reader="ITKReader", image_only=True)(path)
+        assert seg.shape == tuple(ref.shape) and np.allclose(seg.affine, np.asarray(ref.affine), atol=1e-4), name
+        np.testing.assert_array_equal(reorient_array(np.asarray(seg.dataobj), seg.affine), expected, err_msg=name)
+    _infer(paths["LPS"], tmp_path / "whole", _checkpoint(tmp_path / "whole.pt", Geometry("PLS", None, False)))
+    seg = _output(tmp_path / "whole", "ct_LPS")
+    whole = reorient_array(np.asarray(seg.dataobj), seg.affine)
+    assert (whole != expected)[expected > 0].mean() > 0.2  # the field's quadrants are not the patient's
+
+
+def test_crop_body_is_saved_applied_and_refused_like_the_other_settings(tmp_path):
+    made = _checkpoint(tmp_path / "body.pt", Geometry("PLS", 3.0, True))
+    assert checkpoint_geometry(made) == Geometry("PLS", 3.0, True)
+    assert checkpoint_geometry(_checkpoint(tmp_path / "bare.pt")).crop_body is False  # official weights: no crop
+    with pytest.raises(InputError, match=r"crop_body True.*--crop_body True"):
+        checkpoint_geometry(made, crop_body=False)
+    with pytest.raises(InputError, match="is not true or false"):
+        Geometry("PLS", None, "yes")
+    assert Geometry("PLS", None, "True").crop_body is True  # the CLI's string
+
+
+def test_body_mask_keeps_every_slice_and_drops_what_is_apart_from_the_trunk():
+    x = torch.zeros(1, 40, 50, 4)
+    x[0, 5:30, 10:40, 1:3] = 0.3  # the trunk, on two slices only
+    x[0, 35:38, 5:45, :] = 0.5  # the table, apart from it
+    m = body_mask(x)
+    assert m.shape == x.shape and m[0, :, :, 0].equal(m[0, :, :, 3])  # same footprint on every slice
+    rows, cols = torch.nonzero(m[0, :, :, 0], as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 29, 10, 39)
+    assert body_mask(torch.zeros(1, 8, 8, 2)).all()  # nothing above the threshold: no crop
