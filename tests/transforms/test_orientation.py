@@ -345,3 +345,15 @@ def test_body_mask_keeps_every_slice_and_drops_what_is_apart_from_the_trunk():
     rows, cols = torch.nonzero(m[0, :, :, 0], as_tuple=True)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 29, 10, 39)
     assert body_mask(torch.zeros(1, 8, 8, 2)).all()  # nothing above the threshold: no crop
+
+
+def test_body_mask_leaves_out_an_arm_that_overlaps_the_trunk_on_another_slice():
+    """The demo DICOM series' failure: on slice 0 the trunk is wider (it reaches column 14); on slice 1 it is
+    narrower and an arm lies apart from it at columns 2..15. Their combined footprint is one region; per slice the
+    arm is apart, so the crop stays on the trunk."""
+    x = torch.zeros(1, 30, 50, 2)
+    x[0, 5:25, 14:40, 0] = 0.3  # trunk, slice 0
+    x[0, 5:25, 18:40, 1] = 0.3  # trunk, slice 1 (narrower)
+    x[0, 10:20, 2:16, 1] = 0.3  # arm on slice 1: apart from its trunk, overlapping slice 0's
+    rows, cols = torch.nonzero(body_mask(x)[0, :, :, 1], as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 24, 14, 39)
