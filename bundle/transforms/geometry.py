@@ -33,10 +33,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from bundle.errors import InputError
 from bundle.io.checkpoint import read_checkpoint
+from bundle.transforms.postprocess import keep_largest_component
 
 DEFAULT_AXCODES = "PLS"
 
@@ -121,17 +121,16 @@ def body_mask(image: Any, threshold: float = 0.0) -> torch.Tensor:
     above = (x[0] > threshold).cpu().numpy()
     if not above.any():
         return torch.ones_like(x, dtype=torch.bool)
-    regions = []  # each slice's largest 4-connected region
-    for footprint in np.moveaxis(above, -1, 0):
-        labels, n = ndimage.label(footprint)
-        if n:
-            sizes = np.bincount(labels.ravel())
-            sizes[0] = 0
-            regions.append(labels == sizes.argmax())
+    # each slice's largest 4-connected region
+    regions = [
+        keep_largest_component(footprint[None].astype(np.uint8), applied_labels=(1,), connectivity=1)[0] == 1
+        for footprint in np.moveaxis(above, -1, 0)
+        if footprint.any()
+    ]
+    sizes = [int(r.sum()) for r in regions]
     # a slice past the patient (only the table, or a hand) must not pull the crop: regions under a quarter of the
     # largest one add nothing (the trunk's own slices cover the neck's or a leg's in-plane extent anyway)
-    largest = max(int(r.sum()) for r in regions)
-    body = np.logical_or.reduce([r for r in regions if 4 * int(r.sum()) >= largest])
+    body = np.logical_or.reduce([r for r, size in zip(regions, sizes) if 4 * size >= max(sizes)])
     return torch.as_tensor(body, device=x.device)[None, :, :, None].expand_as(x)
 
 
