@@ -1,5 +1,5 @@
-"""Decathlon-style datalists: read a section with every listed file checked, list a section's image paths for
-inference, and write one atomically."""
+"""Decathlon-style datalists: read a section with every listed file checked, list what inference segments (given
+paths, a datalist section or the zoo's ``--dataset_dir``), and write one atomically."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import difflib
 import json
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from bundle.errors import InputError
 
@@ -139,6 +139,51 @@ def dataset_dir_as_input(input, datalist: Optional[str], dataset_dir: Optional[s
         return False
     default = os.path.join(str(dataset_dir), "dataset.json")
     return not datalist or os.path.abspath(str(datalist)) == os.path.abspath(default)
+
+
+def list_inputs(
+    input: Union[str, os.PathLike, Sequence[str], None],
+    expand: Callable[[str], List[str]],
+    output_of: Callable[[str], str],
+    kind: str,
+    datalist: Optional[str] = None,
+    data_list_key: str = "test",
+    base_dir: Optional[str] = None,
+    dataset_dir: Optional[str] = None,
+    output_dir: Optional[str] = None,
+    overwrite: bool = False,
+) -> List[Dict[str, str]]:
+    """What inference segments, as ``[{"image": path}]``: the skeleton of ``list_volumes`` and ``list_images``.
+
+    ``input`` (one path or a list) wins; without it, ``dataset_dir`` itself when :func:`dataset_dir_as_input`
+    says so, else the ``data_list_key`` section of ``datalist``. Inputs whose ``output_of(path)`` exists are
+    dropped unless ``overwrite`` (a rerun resumes a folder).
+
+    Args:
+        expand: one ``input`` entry to its paths (a folder to its files); raises :class:`InputError` for an
+            entry that does not exist or is of the wrong kind.
+        output_of: an input path to its output path (called only when ``output_dir`` is set).
+        kind: what a folder must hold, for the error when ``dataset_dir`` holds none (e.g. ``image (.png, …)``).
+
+    Raises:
+        InputError: from ``expand`` or the datalist, or ``dataset_dir`` is the input folder and holds nothing.
+    """
+    from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
+    if from_dataset_dir:
+        input = str(dataset_dir)
+    if not input and datalist:
+        paths = datalist_image_paths(datalist, data_list_key, base_dir)
+    else:
+        entries = [input] if isinstance(input, (str, os.PathLike)) else list(input or [])
+        paths = [p for entry in entries for p in expand(str(entry))]
+    if from_dataset_dir and not paths:
+        raise InputError(
+            f"dataset_dir {dataset_dir} holds no dataset.json and no {kind}: point --dataset_dir at the folder of "
+            "images (e.g. imagesTs/), or give --input."
+        )
+    if output_dir and not overwrite:
+        paths = [p for p in paths if not os.path.exists(output_of(p))]
+    return [{"image": p} for p in paths]
 
 
 def write_datalist(path: str, sections: Mapping[str, Sequence[Mapping[str, str]]], **extra) -> str:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_path
-from bundle.io.datalist import datalist_image_paths, dataset_dir_as_input
+from bundle.io.datalist import list_inputs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -284,32 +284,29 @@ def list_images(
         InputError: ``dataset_dir`` is used as the input folder but holds nothing to segment.
     """
     exts = tuple(e.lower() for e in exts)
-    paths: List[str] = []
-    from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
-    if from_dataset_dir:
-        input = str(dataset_dir)
-    if not input and datalist:
-        paths = datalist_image_paths(datalist, data_list_key, base_dir)
-    else:
-        for entry in [input] if isinstance(input, (str, os.PathLike)) else list(input or []):
-            entry = str(entry)
-            if os.path.isdir(entry):
-                found = sorted(p for p in glob.glob(os.path.join(entry, "*")) if p.lower().endswith(exts))
-                paths += [p for p in found if os.path.isfile(p) and ".png.tmp" not in p]
-            elif os.path.isfile(entry):
-                if not entry.lower().endswith(exts):
-                    raise InputError(f"{entry} is not an image file ({', '.join(exts)}).")
-                paths.append(entry)
-            else:
-                raise InputError(f"input {entry} does not exist.")
-    if from_dataset_dir and not paths:
-        raise InputError(
-            f"dataset_dir {dataset_dir} holds no dataset.json and no image ({', '.join(exts)}): point --dataset_dir "
-            "at the folder of images (e.g. imagesTs/), or give --input."
-        )
-    if output_dir and not overwrite:
-        paths = [p for p in paths if not os.path.exists(mask_output_path(p, output_dir, postfix))]
-    return [{"image": p} for p in paths]
+
+    def expand(entry: str) -> List[str]:
+        if os.path.isdir(entry):
+            found = sorted(p for p in glob.glob(os.path.join(entry, "*")) if p.lower().endswith(exts))
+            return [p for p in found if os.path.isfile(p) and ".png.tmp" not in p]
+        if os.path.isfile(entry):
+            if not entry.lower().endswith(exts):
+                raise InputError(f"{entry} is not an image file ({', '.join(exts)}).")
+            return [entry]
+        raise InputError(f"input {entry} does not exist.")
+
+    return list_inputs(
+        input,
+        expand,
+        lambda p: mask_output_path(p, output_dir, postfix),
+        f"image ({', '.join(exts)})",
+        datalist=datalist,
+        data_list_key=data_list_key,
+        base_dir=base_dir,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        overwrite=overwrite,
+    )
 
 
 def _contour(mask: np.ndarray, width: int) -> np.ndarray:

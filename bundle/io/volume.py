@@ -27,7 +27,7 @@ from monai.transforms import LoadImaged, MapTransform
 
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_path
-from bundle.io.datalist import datalist_image_paths, dataset_dir_as_input
+from bundle.io.datalist import list_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -359,31 +359,29 @@ def list_volumes(
     Raises:
         InputError: ``dataset_dir`` is used as the input folder but holds nothing to segment.
     """
-    paths: List[str] = []
-    from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
-    if from_dataset_dir:
-        input = str(dataset_dir)
-    if not input and datalist:
-        paths = datalist_image_paths(datalist, data_list_key, base_dir)
-    else:
-        for entry in [input] if isinstance(input, str) else list(input or []):
-            if os.path.isdir(entry):
-                files = sorted(glob.glob(os.path.join(entry, "*")))
-                volumes = [p for p in files if os.path.isfile(p) and _is_volume(p)]
-                # a sub-folder is a DICOM series unless it holds volume files (e.g. imagesTr/)
-                subdirs = [p for p in files if os.path.isdir(p)]
-                series = [p for p in subdirs if not any(_is_volume(f) for f in os.listdir(p))]
-                bare_series = not volumes and not subdirs and files  # the folder itself is one DICOM series
-                paths += [entry] if bare_series else volumes + series
-            elif os.path.exists(entry):
-                paths.append(entry)
-            else:
-                raise InputError(f"input {entry} does not exist.")
-    if from_dataset_dir and not paths:
-        raise InputError(
-            f"dataset_dir {dataset_dir} holds no dataset.json and no volume (.nii.gz/.nii/.nrrd/.mha) or DICOM series folder: point --dataset_dir "
-            "at the folder of images (e.g. imagesTs/), or give --input."
-        )
-    if output_dir and not overwrite:
-        paths = [p for p in paths if not os.path.exists(output_path(p, output_dir, postfix))]
-    return [{"image": p} for p in paths]
+
+    def expand(entry: str) -> List[str]:
+        if os.path.isdir(entry):
+            files = sorted(glob.glob(os.path.join(entry, "*")))
+            volumes = [p for p in files if os.path.isfile(p) and _is_volume(p)]
+            # a sub-folder is a DICOM series unless it holds volume files (e.g. imagesTr/)
+            subdirs = [p for p in files if os.path.isdir(p)]
+            series = [p for p in subdirs if not any(_is_volume(f) for f in os.listdir(p))]
+            bare_series = not volumes and not subdirs and files  # the folder itself is one DICOM series
+            return [entry] if bare_series else volumes + series
+        if os.path.exists(entry):
+            return [entry]
+        raise InputError(f"input {entry} does not exist.")
+
+    return list_inputs(
+        input,
+        expand,
+        lambda p: output_path(p, output_dir, postfix),
+        "volume (.nii.gz/.nii/.nrrd/.mha) or DICOM series folder",
+        datalist=datalist,
+        data_list_key=data_list_key,
+        base_dir=base_dir,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        overwrite=overwrite,
+    )
