@@ -94,6 +94,7 @@ def test_nrrd_through_itk_reader_keeps_grid(tmp_path):
 def test_list_volumes_input_wins_and_subfolders(ct_dataset, tmp_path):
     src = str(ct_dataset / "images/vol0.nii.gz")
     assert list_volumes(src, datalist=str(ct_dataset / "dataset.json")) == [{"image": src}]
+    assert list_volumes(ct_dataset / "images/vol0.nii.gz") == [{"image": src}]  # a pathlib.Path is one input
     # a folder holding volume sub-folders (imagesTr/) is not mistaken for DICOM series
     assert list_volumes(str(ct_dataset)) == []
     series = tmp_path / "series1"
