@@ -14,7 +14,7 @@ import torch
 from monai.handlers import CheckpointLoader
 
 from bundle.errors import InputError
-from bundle.networks.convert import unwrap_state_dict
+from bundle.networks.convert import state_dict_mismatch, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +125,9 @@ def _check_state(path: str, state: Any, net: torch.nn.Module) -> None:
             f"checkpoint {path} expects {got[1]} input channels but the config builds {want[1]} ({what}): set "
             f"--in_channels {got[1]} (1 for CT, 3 for RGB) or give a matching checkpoint."
         )
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        parts.append(f"{len(shapes)} of other shapes (e.g. {shapes[0][0]} {shapes[0][1]} vs {shapes[0][2]})")
     raise InputError(
-        f"checkpoint {path} is for another network or variant than the config's {what}: {'; '.join(parts)}. "
+        f"checkpoint {path} is for another network or variant than the config's {what}: "
+        f"{'; '.join(state_dict_mismatch(expected, state))}. "
         "Set --variant (and --num_classes) to those the checkpoint was trained with, or give its matching checkpoint."
     )
 

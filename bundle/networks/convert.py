@@ -189,9 +189,9 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], converted: Mapping
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
     if wrong:
         problems.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
     return problems

@@ -248,7 +248,7 @@ def test_checkpoint_class_count_network_and_garbage(tmp_path):
     with pytest.raises(InputError, match=r"c14.pt was trained for 14 classes"):
         load_checkpoints(_Net(), [str(tmp_path / "c14.pt")])
     torch.save(_Net(width=8).state_dict(), tmp_path / "wide.pt")
-    with pytest.raises(InputError, match=r"wide.pt is for another network or variant .* of other shapes.*--variant"):
+    with pytest.raises(InputError, match=r"wide.pt is for another network or variant .* with other shapes.*--variant"):
         check_checkpoint(str(tmp_path / "wide.pt"), {"model": _Net()})
     torch.save({"backbone.backbone.stem.weight": torch.zeros(1)}, tmp_path / "official.pth")
     with pytest.raises(InputError, match=r"official MSA²Net checkpoint .* scripts/model/convert_official.py"):
