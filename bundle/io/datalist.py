@@ -160,13 +160,14 @@ def list_inputs(
     dropped unless ``overwrite`` (a rerun resumes a folder).
 
     Args:
-        expand: one ``input`` entry to its paths (a folder to its files); raises :class:`InputError` for an
-            entry that does not exist or is of the wrong kind.
+        expand: one existing ``input`` entry to its paths (a folder to its files); raises :class:`InputError`
+            for an entry of the wrong kind.
         output_of: an input path to its output path (called only when ``output_dir`` is set).
-        kind: what a folder must hold, for the error when ``dataset_dir`` holds none (e.g. ``image (.png, …)``).
+        kind: what an input is, for the errors (e.g. ``image (.png, …)``).
 
     Raises:
-        InputError: from ``expand`` or the datalist, or ``dataset_dir`` is the input folder and holds nothing.
+        InputError: an input does not exist; from ``expand`` or the datalist; ``dataset_dir`` is the input folder
+            and holds nothing.
     """
     from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
     if from_dataset_dir:
@@ -174,8 +175,13 @@ def list_inputs(
     if not input and datalist:
         paths = datalist_image_paths(datalist, data_list_key, base_dir)
     else:
-        entries = [input] if isinstance(input, (str, os.PathLike)) else list(input or [])
-        paths = [p for entry in entries for p in expand(str(entry))]
+        entries = [str(e) for e in ([input] if isinstance(input, (str, os.PathLike)) else list(input or []))]
+        for entry in entries:
+            if not os.path.exists(entry):
+                raise InputError(
+                    f"input {entry} does not exist: give --input an existing {kind}, a folder of them, or a list."
+                )
+        paths = [p for entry in entries for p in expand(entry)]
     if from_dataset_dir and not paths:
         raise InputError(
             f"dataset_dir {dataset_dir} holds no dataset.json and no {kind}: point --dataset_dir at the folder of "

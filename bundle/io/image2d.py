@@ -289,11 +289,9 @@ def list_images(
         if os.path.isdir(entry):
             found = sorted(p for p in glob.glob(os.path.join(entry, "*")) if p.lower().endswith(exts))
             return [p for p in found if os.path.isfile(p) and ".png.tmp" not in p]
-        if os.path.isfile(entry):
-            if not entry.lower().endswith(exts):
-                raise InputError(f"{entry} is not an image file ({', '.join(exts)}).")
-            return [entry]
-        raise InputError(f"input {entry} does not exist.")
+        if not entry.lower().endswith(exts):
+            raise InputError(f"{entry} is not an image file ({', '.join(exts)}).")
+        return [entry]
 
     return list_inputs(
         input,

@@ -369,9 +369,7 @@ def list_volumes(
             series = [p for p in subdirs if not any(_is_volume(f) for f in os.listdir(p))]
             bare_series = not volumes and not subdirs and files  # the folder itself is one DICOM series
             return [entry] if bare_series else volumes + series
-        if os.path.exists(entry):
-            return [entry]
-        raise InputError(f"input {entry} does not exist.")
+        return [entry]
 
     return list_inputs(
         input,

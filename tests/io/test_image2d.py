@@ -172,7 +172,7 @@ def test_list_images(tmp_path):
     assert len(list_images(str(tmp_path), output_dir=str(out), overwrite=True)) == 4
     assert list_images(str(tmp_path / "a.png")) == [{"image": str(tmp_path / "a.png")}]
     assert len(list_images([str(tmp_path / "a.png"), str(tmp_path / "d.bmp")])) == 2
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match=r"nope.png does not exist: give --input an existing image \(\.png"):
         list_images(str(tmp_path / "nope.png"))
     with pytest.raises(ValueError, match="not an image file"):
         list_images(str(tmp_path / "notes.txt"))
