@@ -139,6 +139,7 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
     except Exception:  # monai.bundle reports unreadable config files itself
         return
     known = _ids(config)
+    _check_bool_overrides(argv, config, files)
     for raw in pairs:
         key = raw.replace("::", "#")
         parent, _, last = key.rpartition("#")
@@ -150,6 +151,35 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
             f"unknown config id --{raw} (not in {files}): monai.bundle would add it as an unused entry and run "
             f"with the default; {hint}"
         )
+
+
+def _check_bool_overrides(argv: Sequence[str], config: Any, files: str) -> None:
+    """Refuses ``--flag false`` for a boolean id: monai.bundle reads only ``True``/``False`` as booleans, so
+    ``false`` arrives as a non-empty string and the feature is switched on."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(config)
+    for i, a in enumerate(argv[1:], start=1):
+        if not a.startswith("--"):
+            continue
+        raw, eq, value = a[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            value = argv[i + 1]
+        if value in ("True", "False") or value.lower() not in ("true", "false", "yes", "no", "on", "off"):
+            continue
+        key = raw.replace("::", "#")
+        try:
+            default = parser.get(key)
+        except Exception:  # ids that do not resolve are left to the typo check
+            continue
+        if isinstance(default, bool):
+            fix = "True" if value.lower() in ("true", "yes", "on") else "False"
+            raise InputError(
+                f"--{raw} {value} (in {files}'s boolean {raw!r}): monai.bundle reads only True/False as booleans and "
+                f"would take {value!r} as a non-empty string, i.e. true; write --{raw} {fix}."
+            )
 
 
 def prepare_run() -> None:

@@ -166,8 +166,8 @@ def list_inputs(
         kind: what an input is, for the errors (e.g. ``image (.png, …)``).
 
     Raises:
-        InputError: an input does not exist; from ``expand`` or the datalist; ``dataset_dir`` is the input folder
-            and holds nothing.
+        InputError: an input does not exist; from ``expand`` or the datalist; the given inputs (or ``dataset_dir``
+            as the input folder) hold nothing; two inputs would be written to the same output.
     """
     from_dataset_dir = dataset_dir_as_input(input, datalist, dataset_dir)
     if from_dataset_dir:
@@ -182,11 +182,24 @@ def list_inputs(
                     f"input {entry} does not exist: give --input an existing {kind}, a folder of them, or a list."
                 )
         paths = [p for entry in entries for p in expand(entry)]
-    if from_dataset_dir and not paths:
-        raise InputError(
-            f"dataset_dir {dataset_dir} holds no dataset.json and no {kind}: point --dataset_dir at the folder of "
-            "images (e.g. imagesTs/), or give --input."
-        )
+        if from_dataset_dir and not paths:
+            raise InputError(
+                f"dataset_dir {dataset_dir} holds no dataset.json and no {kind}: point --dataset_dir at the folder "
+                "of images (e.g. imagesTs/), or give --input."
+            )
+        if not paths:  # not "nothing to do": a folder of per-patient sub-folders or other files holds no input
+            raise InputError(
+                f"input {input} holds no {kind} (sub-folders are not searched): give --input the files or a list."
+            )
+    if output_dir:
+        seen: Dict[str, str] = {}
+        for p in paths:  # two inputs named alike would write one mask over the other
+            other = seen.setdefault(os.path.abspath(output_of(p)), p)
+            if other != p:
+                raise InputError(
+                    f"inputs {other} and {p} would both be written to {output_of(p)}: rename one, or segment them "
+                    "into different --output_dir folders."
+                )
     if output_dir and not overwrite:
         paths = [p for p in paths if not os.path.exists(output_of(p))]
     return [{"image": p} for p in paths]

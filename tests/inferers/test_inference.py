@@ -4,10 +4,12 @@ import os
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
+from bundle.errors import InputError
 from bundle.inferers.axial import AxialSliceInferer
 from bundle.io.volume import SaveLabelNiftid, list_volumes, output_path
 from bundle.transforms.ct import ct_volume_transforms
@@ -95,8 +97,15 @@ def test_list_volumes_input_wins_and_subfolders(ct_dataset, tmp_path):
     src = str(ct_dataset / "images/vol0.nii.gz")
     assert list_volumes(src, datalist=str(ct_dataset / "dataset.json")) == [{"image": src}]
     assert list_volumes(ct_dataset / "images/vol0.nii.gz") == [{"image": src}]  # a pathlib.Path is one input
-    # a folder holding volume sub-folders (imagesTr/) is not mistaken for DICOM series
-    assert list_volumes(str(ct_dataset)) == []
+    # a folder holding volume sub-folders (images/) is not mistaken for DICOM series, nor is it "nothing to do"
+    with pytest.raises(InputError, match=r"holds no volume .*sub-folders are not searched"):
+        list_volumes(str(ct_dataset))
+    # two inputs named alike would write one mask: refused before anything runs
+    twin = tmp_path / "other" / "vol0.nii.gz"
+    twin.parent.mkdir()
+    twin.write_bytes(open(src, "rb").read())
+    with pytest.raises(InputError, match=r"would both be written to .*vol0_seg.nii.gz: rename one"):
+        list_volumes([src, str(twin)], output_dir=str(tmp_path / "out"))
     series = tmp_path / "series1"
     series.mkdir()
     (series / "IM0001").write_bytes(b"")

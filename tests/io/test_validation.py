@@ -317,6 +317,13 @@ def test_typo_override_refused():
         with pytest.raises(InputError, match=r"--train#handlerz#0#_disabled_"):
             check_cli_overrides(argv + ["--train#handlerz#0#_disabled_", "True"])
         check_cli_overrides(["pytest", "--epohcs", "5"])  # not a monai.bundle command line: no check
+        # a lower-case boolean would arrive as the string "false", which is true
+        infer = ["/x/monai/bundle/__main__.py", "run", "inference", "--config_file", "configs/inference.yaml"]
+        check_cli_overrides(infer + ["--tta", "False", "--lcc=True", "--input", "false.nii.gz"])
+        with pytest.raises(InputError, match=r"--tta false .*would take 'false' as a non-empty string.*--tta False"):
+            check_cli_overrides(infer + ["--tta", "false"])
+        with pytest.raises(InputError, match=r"--overwrite true .*write --overwrite True"):
+            check_cli_overrides(infer + ["--overwrite=true"])
     finally:
         os.chdir(cwd)
 
