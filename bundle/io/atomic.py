@@ -15,6 +15,11 @@ from typing import Iterator, Union
 
 from bundle.errors import InputError
 
+# mkstemp creates 0600 files; a renamed output gets the mode an ordinary open() would give it (read once: os.umask
+# can only be read by setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def check_writable_dir(path: str, what: str = "output_dir") -> str:
     """Creates ``path`` if needed and proves that a file can be written and renamed in it.
@@ -54,6 +59,7 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)  # same folder: one atomic rename
     finally:
         if os.path.exists(tmp):
