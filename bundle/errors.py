@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from monai.apps import get_logger
 
@@ -93,6 +93,7 @@ def install_error_hook() -> None:
     sys.excepthook = hook
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")  # what a user may mean as a boolean
 _CLI_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
 
 
@@ -123,13 +124,8 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or "monai" not in argv[0] or "bundle" not in argv[0]:
         return
-    pairs = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--")]
-    files = None
-    for i, a in enumerate(argv):
-        if a == "--config_file" and i + 1 < len(argv):
-            files = argv[i + 1]
-        elif a.startswith("--config_file="):
-            files = a.split("=", 1)[1]
+    pairs = _cli_pairs(argv)
+    files = dict(pairs).get("config_file")
     if files is None:
         return
     from monai.bundle import ConfigParser
@@ -139,8 +135,8 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
     except Exception:  # monai.bundle reports unreadable config files itself
         return
     known = _ids(config)
-    _check_bool_overrides(argv, config, files)
-    for raw in pairs:
+    _check_bool_overrides(pairs, config, files)
+    for raw, _ in pairs:
         key = raw.replace("::", "#")
         parent, _, last = key.rpartition("#")
         if key in _CLI_ARGS or key in known or key.startswith("+") or (last.startswith("_") and parent in known):
@@ -153,25 +149,27 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
         )
 
 
-def _check_bool_overrides(argv: Sequence[str], config: Any, files: str) -> None:
+def _cli_pairs(argv: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """``(id, value)`` of every ``--id value`` / ``--id=value`` after the program name (value None at the end)."""
+    pairs = []
+    for i, a in enumerate(argv[1:], start=1):
+        if a.startswith("--"):
+            raw, eq, value = a[2:].partition("=")
+            pairs.append((raw, value if eq else (argv[i + 1] if i + 1 < len(argv) else None)))
+    return pairs
+
+
+def _check_bool_overrides(pairs: Sequence[Tuple[str, Optional[str]]], config: Any, files: str) -> None:
     """Refuses ``--flag false`` for a boolean id: monai.bundle reads only ``True``/``False`` as booleans, so
     ``false`` arrives as a non-empty string and the feature is switched on."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(config)
-    for i, a in enumerate(argv[1:], start=1):
-        if not a.startswith("--"):
+    for raw, value in pairs:
+        if value is None or value in ("True", "False") or value.lower() not in _BOOL_WORDS:
             continue
-        raw, eq, value = a[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                continue
-            value = argv[i + 1]
-        if value in ("True", "False") or value.lower() not in ("true", "false", "yes", "no", "on", "off"):
-            continue
-        key = raw.replace("::", "#")
         try:
-            default = parser.get(key)
+            default = parser.get(raw.replace("::", "#"))
         except Exception:  # ids that do not resolve are left to the typo check
             continue
         if isinstance(default, bool):

@@ -192,16 +192,17 @@ def list_inputs(
                 f"input {input} holds no {kind} (sub-folders are not searched): give --input the files or a list."
             )
     if output_dir:
+        outputs = [output_of(p) for p in paths]
         seen: Dict[str, str] = {}
-        for p in paths:  # two inputs named alike would write one mask over the other
-            other = seen.setdefault(os.path.abspath(output_of(p)), p)
+        for p, out in zip(paths, outputs):  # two inputs named alike would write one mask over the other
+            other = seen.setdefault(os.path.abspath(out), p)
             if other != p:
                 raise InputError(
-                    f"inputs {other} and {p} would both be written to {output_of(p)}: rename one, or segment them "
-                    "into different --output_dir folders."
+                    f"inputs {other} and {p} would both be written to {out}: rename one, or segment them into "
+                    "different --output_dir folders."
                 )
-    if output_dir and not overwrite:
-        paths = [p for p in paths if not os.path.exists(output_of(p))]
+        if not overwrite:
+            paths = [p for p, out in zip(paths, outputs) if not os.path.exists(out)]
     return [{"image": p} for p in paths]
 
 

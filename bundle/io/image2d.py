@@ -281,7 +281,8 @@ def list_images(
         A list of dicts for a MONAI Dataset.
 
     Raises:
-        InputError: ``dataset_dir`` is used as the input folder but holds nothing to segment.
+        InputError: as :func:`bundle.io.datalist.list_inputs` (a missing input, nothing to segment, two inputs
+            with one output name), or a file that is not an image.
     """
     exts = tuple(e.lower() for e in exts)
 

@@ -130,7 +130,8 @@ def body_mask(image: Any, threshold: float = 0.0) -> torch.Tensor:
     sizes = [int(r.sum()) for r in regions]
     # a slice past the patient (only the table, or a hand) must not pull the crop: regions under a quarter of the
     # largest one add nothing (the trunk's own slices cover the neck's or a leg's in-plane extent anyway)
-    body = np.logical_or.reduce([r for r, size in zip(regions, sizes) if 4 * size >= max(sizes)])
+    largest = max(sizes)
+    body = np.logical_or.reduce([r for r, size in zip(regions, sizes) if 4 * size >= largest])
     return torch.as_tensor(body, device=x.device)[None, :, :, None].expand_as(x)
 
 
