@@ -152,6 +152,7 @@ def list_inputs(
     dataset_dir: Optional[str] = None,
     output_dir: Optional[str] = None,
     overwrite: bool = False,
+    exists: Callable[[str], bool] = os.path.exists,
 ) -> List[Dict[str, str]]:
     """What inference segments, as ``[{"image": path}]``: the skeleton of ``list_volumes`` and ``list_images``.
 
@@ -162,8 +163,10 @@ def list_inputs(
     Args:
         expand: one existing ``input`` entry to its paths (a folder to its files); raises :class:`InputError`
             for an entry of the wrong kind.
-        output_of: an input path to its output path (called only when ``output_dir`` is set).
+        output_of: an input path to its output path, or its list of output paths (called only when
+            ``output_dir`` is set); an input is skipped when all of them exist.
         kind: what an input is, for the errors (e.g. ``image (.png, …)``).
+        exists: whether an ``input`` entry exists (a DICOM series reference is not a path of its own).
 
     Raises:
         InputError: an input does not exist; from ``expand`` or the datalist; the given inputs (or ``dataset_dir``
@@ -177,7 +180,7 @@ def list_inputs(
     else:
         entries = [str(e) for e in ([input] if isinstance(input, (str, os.PathLike)) else list(input or []))]
         for entry in entries:
-            if not os.path.exists(entry):
+            if not exists(entry):
                 raise InputError(
                     f"input {entry} does not exist: give --input an existing {kind}, a folder of them, or a list."
                 )
@@ -192,17 +195,18 @@ def list_inputs(
                 f"input {input} holds no {kind} (sub-folders are not searched): give --input the files or a list."
             )
     if output_dir:
-        outputs = [output_of(p) for p in paths]
+        outputs = [[o] if isinstance(o, (str, os.PathLike)) else list(o) for o in map(output_of, paths)]
         seen: Dict[str, str] = {}
-        for p, out in zip(paths, outputs):  # two inputs named alike would write one mask over the other
-            other = seen.setdefault(os.path.abspath(out), p)
-            if other != p:
-                raise InputError(
-                    f"inputs {other} and {p} would both be written to {out}: rename one, or segment them into "
-                    "different --output_dir folders."
-                )
+        for p, outs in zip(paths, outputs):  # two inputs named alike would write one mask over the other
+            for out in outs:
+                other = seen.setdefault(os.path.abspath(out), p)
+                if other != p:
+                    raise InputError(
+                        f"inputs {other} and {p} would both be written to {out}: rename one, or segment them into "
+                        "different --output_dir folders."
+                    )
         if not overwrite:
-            paths = [p for p, out in zip(paths, outputs) if not os.path.exists(out)]
+            paths = [p for p, outs in zip(paths, outputs) if not all(os.path.exists(o) for o in outs)]
     return [{"image": p} for p in paths]
 
 

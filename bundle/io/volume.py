@@ -14,6 +14,7 @@ Every failure is an :class:`~bundle.errors.InputError`; the catalogue of message
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import warnings
@@ -26,8 +27,10 @@ from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 
 from bundle.errors import InputError
-from bundle.io.atomic import atomic_path
+from bundle.io.atomic import atomic_path, atomic_write_text
 from bundle.io.datalist import list_inputs
+from bundle.io.dicom_reader import DicomSeriesReader, dicom_record, wants_nifti, wants_seg
+from bundle.io.dicom_series import is_dicom_ref, list_cases, no_volume_message, parse_ref
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +45,42 @@ def _name(data: Mapping, key: Hashable) -> str:
 
 
 class LoadVolumed(LoadImaged):
-    """``LoadImaged`` whose read failures (missing, truncated, corrupt, unknown format) become :class:`InputError`."""
+    """``LoadImaged`` whose read failures (missing, truncated, corrupt, unknown format) become :class:`InputError`.
+
+    A DICOM folder or series reference (``<folder>#<tag>``) is read by
+    :class:`~bundle.io.dicom_reader.DicomSeriesReader` (series rules and slice positions of
+    :mod:`bundle.io.dicom_series`), other files by MONAI's readers (``reader``).
+
+    Args:
+        output_type: what the run writes (``nifti``, ``dicom_seg``, ``both``): which DICOM series can be read.
+        other arguments: as ``LoadImaged`` (``image_only`` must stay ``True``).
+    """
+
+    def __init__(self, keys: KeysCollection, reader=None, output_type: str = "nifti", **kwargs) -> None:
+        super().__init__(keys, reader=reader, **kwargs)
+        self._dicom = DicomSeriesReader(output_type)
+        self._explicit_reader = reader is not None
+
+    def _load(self, data, reader=None):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            dicom = reader is None and not self._explicit_reader and is_dicom_ref(d[key])
+            d[key] = self._loader(d[key], self._dicom if dicom else reader)
+        return d
 
     def __call__(self, data, reader=None):
         try:
-            return super().__call__(data, reader)
+            return self._load(data, reader)
+        except InputError:
+            raise
         except Exception as err:
             key, path, cause = self.keys[0], data.get(self.keys[0], "?"), err
             for k in self.key_iterator(dict(data)):  # name the file that fails, not the first key
-                if isinstance(data[k], str) and not os.path.exists(data[k]):
+                if isinstance(data[k], str) and not os.path.exists(data[k]) and not is_dicom_ref(data[k]):
                     key, path, cause = k, data[k], None
                     break
                 try:
-                    self._loader(data[k], reader)
+                    self._load({k: data[k]}, reader)
                 except Exception as one:
                     key, path, cause = k, data[k], one
                     break
@@ -256,14 +282,16 @@ def _isnan(value) -> bool:
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def output_path(image_path: str, output_dir: str, postfix: str = "seg") -> str:
-    """``<output_dir>/<name>_<postfix>.nii.gz`` for a volume file or a DICOM series folder."""
-    base = os.path.basename(os.path.normpath(str(image_path)))
+def output_path(image_path: str, output_dir: str, postfix: str = "seg", ext: str = ".nii.gz") -> str:
+    """``<output_dir>/<name>_<postfix><ext>`` for a volume file, a DICOM series folder, or a series reference
+    ``<folder>#<tag>`` (``<folder name>_<tag>``)."""
+    folder, tag = parse_ref(str(image_path))
+    base = os.path.basename(os.path.normpath(folder))
     for suffix in _VOLUME_SUFFIXES:
         if base.lower().endswith(suffix):
             base = base[: -len(suffix)]
             break
-    return os.path.join(output_dir, f"{base}_{postfix}.nii.gz")
+    return os.path.join(output_dir, f"{base}_{tag}_{postfix}{ext}" if tag else f"{base}_{postfix}{ext}")
 
 
 def _reference_header(image_path: str) -> Optional[nib.Nifti1Header]:
@@ -310,6 +338,9 @@ class SaveLabelNiftid(MapTransform):
                     f"the prediction for {src} has shape {arr.shape} but the input is stored as {stored}: put "
                     "Invertd (transform: the preprocessing) before SaveLabelNiftid in the config's postprocessing."
                 )
+            files = dicom_record(meta).get("files", [])
+            if files and not all(files):  # missing slices of a DICOM series: nothing was scanned there
+                arr[:, :, [k for k, f in enumerate(files) if not f]] = 0
             affine = np.asarray(meta.get("original_affine", meta.get("affine")), dtype=np.float64)
             header = _reference_header(str(src))
             img = nib.Nifti1Image(arr, affine, header=header)
@@ -337,50 +368,123 @@ def list_volumes(
     postfix: str = "seg",
     overwrite: bool = False,
     dataset_dir: Optional[str] = None,
+    series_uid: Optional[str] = None,
+    output_type: str = "nifti",
 ) -> List[Dict[str, str]]:
-    """Volumes to segment, as ``[{"image": path}]``, minus those whose output already exists.
+    """Volumes to segment, as ``[{"image": path}]``, minus those whose outputs already exist.
+
+    A folder is searched for DICOM series in its whole tree: every CT volume found is a case of its own, named by
+    a series reference (:mod:`bundle.io.dicom_series`); localizers, single images, secondary captures, SEG/RTSTRUCT/
+    SR and non-CT series are skipped with one log line each, and ``<output_dir>/dicom_series.json`` records every
+    series found and what was done with it.
 
     Args:
-        input: a volume file, a folder (volume files, or DICOM series sub-folders, or itself one DICOM series),
-            or a list of such paths.
+        input: a volume file, a folder (volume files, and DICOM series anywhere under it), a series reference
+            ``<folder>#<tag>``, or a list of such paths.
         datalist: decathlon JSON, used when ``input`` is not given.
         data_list_key: section of the datalist (``test``, ``validation`` …).
         base_dir: base for relative datalist paths (default: the datalist's folder).
         output_dir: where outputs go; existing outputs are skipped unless ``overwrite``.
-        postfix: output name suffix (must match the saver's).
-        overwrite: keep inputs whose output exists.
+        postfix: output name suffix (must match the writers').
+        overwrite: keep inputs whose outputs exist.
         dataset_dir: the model zoo's ``--dataset_dir``: without ``input``, a folder with no ``dataset.json`` (and
             ``datalist`` left at its default ``<dataset_dir>/dataset.json``) is listed as ``input`` would be
             (:func:`bundle.io.datalist.dataset_dir_as_input`); a folder with a ``dataset.json`` uses that datalist.
+        series_uid: segment only this DICOM series (SeriesInstanceUID, or the tag the log and record show).
+        output_type: ``nifti``, ``dicom_seg`` or ``both`` (a DICOM SEG needs a DICOM input).
 
     Returns:
         A list of dicts for a MONAI Dataset.
 
     Raises:
         InputError: as :func:`bundle.io.datalist.list_inputs` (a missing input, nothing to segment, two inputs
-            with one output name).
+            with one output name); a folder whose DICOM holds no CT volume; ``series_uid`` matching nothing; a
+            DICOM SEG asked of a volume file.
     """
+    scans = []
 
     def expand(entry: str) -> List[str]:
-        if os.path.isdir(entry):
-            files = sorted(glob.glob(os.path.join(entry, "*")))
-            volumes = [p for p in files if os.path.isfile(p) and _is_volume(p)]
-            # a sub-folder is a DICOM series unless it holds volume files (e.g. imagesTr/)
-            subdirs = [p for p in files if os.path.isdir(p)]
-            series = [p for p in subdirs if not any(_is_volume(f) for f in os.listdir(p))]
-            bare_series = not volumes and not subdirs and files  # the folder itself is one DICOM series
-            return [entry] if bare_series else volumes + series
-        return [entry]
+        if not os.path.isdir(entry):
+            return [entry]
+        volumes = [p for p in sorted(glob.glob(os.path.join(entry, "*"))) if os.path.isfile(p) and _is_volume(p)]
+        cases, scan = list_cases(entry, series_uid)
+        scans.append((scan, cases))
+        if not volumes and not cases and (scan.series or scan.unreadable) and not series_uid:
+            raise InputError(no_volume_message(scan))  # DICOM that is not a CT volume: say what it is
+        return volumes + [ref for ref, _ in cases]
 
-    return list_inputs(
-        input,
-        expand,
-        lambda p: output_path(p, output_dir, postfix),
-        "volume (.nii.gz/.nii/.nrrd/.mha) or DICOM series folder",
-        datalist=datalist,
-        data_list_key=data_list_key,
-        base_dir=base_dir,
-        dataset_dir=dataset_dir,
-        output_dir=output_dir,
-        overwrite=overwrite,
-    )
+    outputs = ["nii.gz"] * wants_nifti(output_type) + ["dcm"] * wants_seg(output_type)
+    try:
+        items = list_inputs(
+            input,
+            expand,
+            lambda p: [output_path(p, output_dir, postfix, "." + ext) for ext in outputs],
+            "volume (.nii.gz/.nii/.nrrd/.mha) or DICOM series folder",
+            datalist=datalist,
+            data_list_key=data_list_key,
+            base_dir=base_dir,
+            dataset_dir=dataset_dir,
+            output_dir=output_dir,
+            overwrite=overwrite,
+            exists=lambda p: os.path.exists(p) or is_dicom_ref(p),
+        )
+    except InputError:
+        if series_uid and scans and not any(cases for _, cases in scans):
+            raise _no_such_series(series_uid, input, scans) from None
+        raise
+    if scans:
+        _report_series(scans, output_dir, postfix, outputs)
+    if series_uid and scans and not any(cases for _, cases in scans):
+        raise _no_such_series(series_uid, input, scans)
+    if wants_seg(output_type):
+        for item in items:
+            if not is_dicom_ref(item["image"]):
+                raise InputError(
+                    f"{item['image']} is not a DICOM series: a DICOM SEG references its DICOM source images; segment "
+                    "it with --output_type nifti, or give its DICOM series."
+                )
+    return items
+
+
+def _no_such_series(series_uid: str, input, scans) -> InputError:
+    found = "; ".join(f"{s.tag} = {s.uid or s.key}" for scan, _ in scans for s in scan.series) or "none"
+    return InputError(f"--series_uid {series_uid} matches no CT series under {input} (series found: {found}).")
+
+
+def _report_series(scans, output_dir: Optional[str], postfix: str, outputs: Sequence[str]) -> None:
+    """Logs what each DICOM series found became, and writes ``<output_dir>/dicom_series.json``."""
+    record = []
+    for scan, cases in scans:
+        refs = {id(s): ref for ref, s in cases}
+        if scan.not_dicom and cases:
+            logger.info(
+                f"{scan.root}: {len(scan.not_dicom)} file(s) that are not DICOM ignored, e.g. {scan.not_dicom[0]}"
+            )
+        for path, reason in scan.unreadable:
+            logger.warning(f"{path}: not a readable DICOM file ({reason}); a series missing it shows a slice gap")
+        for s in scan.series:
+            ref = refs.get(id(s))
+            written = [output_path(ref, output_dir or ".", postfix, "." + ext) for ext in outputs] if ref else []
+            if ref:
+                logger.info(f"DICOM {s.label}: segmented as {ref}")
+            else:
+                logger.info(f"DICOM {s.label}: skipped: {s.skip}")
+            record.append(
+                {
+                    "folder": s.folder,
+                    "tag": s.tag,
+                    "series_uid": s.uid,
+                    "series_number": s.number,
+                    "description": s.description,
+                    "files": len(s.files),
+                    "geometry": s.geometry.kind if s.geometry else None,
+                    "defect": s.error or (s.geometry.defect if s.geometry else None),
+                    "segmented": bool(ref),
+                    "reference": ref,
+                    "skipped_because": None if ref else s.skip,
+                    "outputs": written,
+                }
+            )
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_write_text(os.path.join(output_dir, "dicom_series.json"), json.dumps(record, indent=4))

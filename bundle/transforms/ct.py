@@ -109,25 +109,29 @@ def ct_volume_transforms(
     validate: bool = True,
     axcodes: str = DEFAULT_AXCODES,
     crop_body: bool = False,
+    output_type: str = "nifti",
 ) -> Compose:
     """Deterministic volume stage: load, check, channel first, canonical orientation, HU window [-125, 275] → [0, 1],
     optionally an in-plane crop to the body.
 
     Args:
         keys: image key first, then an optional label key.
-        reader: MONAI reader name (``ITKReader`` for DICOM series folders), ``None`` for MONAI's choice.
+        reader: MONAI reader name, ``None`` for MONAI's choice of file reader and
+            :class:`~bundle.io.dicom_reader.DicomSeriesReader` for DICOM folders and series references.
         num_classes: labels must lie in ``0..num_classes-1`` (``bundle.io.volume.ValidateVolumed``).
         validate: run the per-case checks (clear errors for bad files; NaN/inf replaced with a warning).
         axcodes: canonical storage order (``Orientationd``: flips/permutations, no resampling; invertible, so
             ``Invertd`` puts predictions back on the input's grid). ``None`` keeps the stored order.
         crop_body: crop in-plane to the patient's body (``CropForegroundd`` with
             :func:`bundle.transforms.geometry.body_mask`; invertible: ``Invertd`` pads predictions back with background).
+        output_type: what the run writes (``nifti``/``dicom_seg``/``both``), which decides the DICOM series geometries
+            that can be read (``bundle.io.dicom_reader``).
 
     Returns:
         The Compose (cacheable: every step is deterministic).
     """
     keys = list(keys)
-    steps = [LoadVolumed(keys=keys, reader=reader, image_only=True)]
+    steps = [LoadVolumed(keys=keys, reader=reader, output_type=output_type, image_only=True)]
     if validate:
         steps.append(ValidateVolumed(keys=keys, num_classes=num_classes))
     steps.append(EnsureChannelFirstd(keys=keys))
