@@ -153,6 +153,7 @@ def list_inputs(
     output_dir: Optional[str] = None,
     overwrite: bool = False,
     exists: Callable[[str], bool] = os.path.exists,
+    where: str = "sub-folders are not searched",
 ) -> List[Dict[str, str]]:
     """What inference segments, as ``[{"image": path}]``: the skeleton of ``list_volumes`` and ``list_images``.
 
@@ -167,6 +168,7 @@ def list_inputs(
             ``output_dir`` is set); an input is skipped when all of them exist.
         kind: what an input is, for the errors (e.g. ``image (.png, …)``).
         exists: whether an ``input`` entry exists (a DICOM series reference is not a path of its own).
+        where: what of a folder is searched, for the error when it holds nothing.
 
     Raises:
         InputError: an input does not exist; from ``expand`` or the datalist; the given inputs (or ``dataset_dir``
@@ -192,7 +194,7 @@ def list_inputs(
             )
         if not paths:  # not "nothing to do": a folder of per-patient sub-folders or other files holds no input
             raise InputError(
-                f"input {input} holds no {kind} (sub-folders are not searched): give --input the files or a list."
+                f"input {input} holds no {kind} ({where}): give --input the files or a list."
             )
     if output_dir:
         outputs = [[o] if isinstance(o, (str, os.PathLike)) else list(o) for o in map(output_of, paths)]

@@ -61,16 +61,16 @@ class LoadVolumed(LoadImaged):
         self._dicom = DicomSeriesReader(output_type)
         self._explicit_reader = reader is not None
 
-    def _load(self, data, reader=None):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            dicom = reader is None and not self._explicit_reader and is_dicom_ref(d[key])
-            d[key] = self._loader(d[key], self._dicom if dicom else reader)
-        return d
+    def _read(self, value, reader=None):
+        dicom = reader is None and not self._explicit_reader and is_dicom_ref(value)
+        return self._loader(value, self._dicom if dicom else reader)
 
     def __call__(self, data, reader=None):
         try:
-            return self._load(data, reader)
+            d = dict(data)
+            for key in self.key_iterator(d):
+                d[key] = self._read(d[key], reader)
+            return d
         except InputError:
             raise
         except Exception as err:
@@ -80,7 +80,7 @@ class LoadVolumed(LoadImaged):
                     key, path, cause = k, data[k], None
                     break
                 try:
-                    self._load({k: data[k]}, reader)
+                    self._read(data[k], reader)
                 except Exception as one:
                     key, path, cause = k, data[k], one
                     break
@@ -427,12 +427,13 @@ def list_volumes(
             output_dir=output_dir,
             overwrite=overwrite,
             exists=lambda p: os.path.exists(p) or is_dicom_ref(p),
+            where="volume files in sub-folders are not searched, DICOM files are",
         )
     except InputError:
         if series_uid and scans and not any(cases for _, cases in scans):
             raise _no_such_series(series_uid, input, scans) from None
         raise
-    if scans:
+    if any(scan.series or scan.unreadable for scan, _ in scans):
         _report_series(scans, output_dir, postfix, outputs)
     if series_uid and scans and not any(cases for _, cases in scans):
         raise _no_such_series(series_uid, input, scans)

@@ -9,6 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
+from bundle.data.synthetic import write_dicom_series
 from bundle.errors import InputError
 from bundle.inferers.axial import AxialSliceInferer
 from bundle.io.volume import SaveLabelNiftid, list_volumes, output_path
@@ -98,7 +99,7 @@ def test_list_volumes_input_wins_and_subfolders(ct_dataset, tmp_path):
     assert list_volumes(src, datalist=str(ct_dataset / "dataset.json")) == [{"image": src}]
     assert list_volumes(ct_dataset / "images/vol0.nii.gz") == [{"image": src}]  # a pathlib.Path is one input
     # a folder holding volume sub-folders (images/) is not mistaken for DICOM series, nor is it "nothing to do"
-    with pytest.raises(InputError, match=r"holds no volume .*sub-folders are not searched"):
+    with pytest.raises(InputError, match=r"holds no volume .*volume files in sub-folders are not searched, DICOM"):
         list_volumes(str(ct_dataset))
     # two inputs named alike would write one mask: refused before anything runs
     twin = tmp_path / "other" / "vol0.nii.gz"
@@ -106,7 +107,6 @@ def test_list_volumes_input_wins_and_subfolders(ct_dataset, tmp_path):
     twin.write_bytes(open(src, "rb").read())
     with pytest.raises(InputError, match=r"would both be written to .*vol0_seg.nii.gz: rename one"):
         list_volumes([src, str(twin)], output_dir=str(tmp_path / "out"))
-    series = tmp_path / "series1"
-    series.mkdir()
-    (series / "IM0001").write_bytes(b"")
-    assert list_volumes(str(tmp_path)) == [{"image": str(series)}]
+    series = write_dicom_series(str(ct_dataset / "images/vol0.nii.gz"), str(tmp_path / "patient1" / "series1"))
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert list_volumes(str(tmp_path)) == [{"image": series}]  # found under sub-folders, named by its own folder
