@@ -193,9 +193,7 @@ def list_inputs(
                 "of images (e.g. imagesTs/), or give --input."
             )
         if not paths:  # not "nothing to do": a folder of per-patient sub-folders or other files holds no input
-            raise InputError(
-                f"input {input} holds no {kind} ({where}): give --input the files or a list."
-            )
+            raise InputError(f"input {input} holds no {kind} ({where}): give --input the files or a list.")
     if output_dir:
         outputs = [[o] if isinstance(o, (str, os.PathLike)) else list(o) for o in map(output_of, paths)]
         seen: Dict[str, str] = {}

@@ -30,6 +30,7 @@ from bundle import __version__
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_path
 from bundle.io.dicom_reader import dicom_record
+from bundle.io.provenance import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +107,6 @@ def read_sources(files: Sequence[str]) -> List[Any]:
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         out.append(ds)
     return out
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_seg(
@@ -214,12 +207,6 @@ class SaveDicomSegd(MapTransform):
         self.output_dir, self.postfix, self.overwrite = output_dir, postfix, overwrite
         self.names = list(label_names) if label_names else list(ORGANS)
         self.ckpt_path = str(ckpt_path) if ckpt_path and os.path.isfile(str(ckpt_path)) else None
-        self._sha256: Optional[str] = None
-
-    def checkpoint_sha256(self) -> Optional[str]:
-        if self.ckpt_path and self._sha256 is None:
-            self._sha256 = file_sha256(self.ckpt_path)
-        return self._sha256
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         from bundle.io.volume import output_path
@@ -242,7 +229,12 @@ class SaveDicomSegd(MapTransform):
                 raise ValueError(f"the prediction for {src} has {arr[0].shape[2]} slices, its series {len(files)}.")
             record = dicom_record(meta)
             seg = build_seg(
-                arr[0], files, self.names, self.ckpt_path, self.checkpoint_sha256(), record.get("slice_spacing")
+                arr[0],
+                files,
+                self.names,
+                self.ckpt_path,
+                self.ckpt_path and file_sha256(self.ckpt_path),
+                record.get("slice_spacing"),
             )
             if seg is None:
                 logger.warning(f"{src}: no organ found, so no DICOM SEG written (a SEG needs at least one segment)")
