@@ -12,6 +12,8 @@ Usage (bundle root, demo data fetched)::
     python scripts/benchmarks/dicom_seg.py OUT writer                   # read + build + save, reference labels
     python scripts/benchmarks/dicom_seg.py OUT inference CKPT nifti     # whole run, once per output type
     python scripts/benchmarks/dicom_seg.py OUT inference CKPT dicom_seg
+    python scripts/benchmarks/dicom_seg.py OUT dice CKPT                # the demo series as a hospital study:
+                                                                        # Dice from the SEG and from the NIfTI
 
 Each mode prints one JSON line (seconds, ``ru_maxrss`` of the process in GiB); run each in a fresh process.
 """
@@ -106,12 +108,79 @@ def inference(out: str, ckpt: str, output_type: str) -> dict:
     }
 
 
+def seg_on_grid(seg_path: str, nifti_path: str) -> np.ndarray:
+    """A SEG's organs (Synapse ids by segment label) on a NIfTI mask's grid, frame by frame through each frame's
+    source instance position (highdicom's reading)."""
+    import highdicom as hd
+    import pydicom
+
+    seg = hd.seg.segread(seg_path)
+    lut = np.zeros(seg.number_of_segments + 1, np.uint8)
+    lut[1:] = [ORGANS.index(d.SegmentLabel.replace(" ", "_")) + 1 for d in seg.SegmentSequence]
+    grid = nib.load(nifti_path)
+    out = np.zeros(grid.shape, np.uint8)
+    inv = np.linalg.inv(grid.affine)
+    for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence:
+        uid = item.ReferencedSOPInstanceUID
+        frame = seg.get_pixels_by_source_instance([uid], combine_segments=True, relabel=False)[0]
+        src = _sources[uid]
+        lps = np.asarray(src.ImagePositionPatient, dtype=float)
+        k = int(round((inv @ np.array([-lps[0], -lps[1], lps[2], 1.0]))[2]))
+        out[:, :, k] = lut[frame].T
+    return out
+
+
+_sources: dict = {}
+
+
+def dice(out: str, ckpt: str) -> dict:
+    """The demo model on the demo series arranged as a hospital study (UIDs, a localizer): per-organ Dice against
+    the reference from the NIfTI output and from the SEG output of one ``--output_type both`` run."""
+    import subprocess
+
+    import pydicom
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "demo"))
+    from run_demo import DICOM_ORGANS, dice_per_organ, load_canonical  # the demo's own scoring
+
+    from bundle.data.dicom_study import write_study
+    from bundle.transforms.geometry import reorient_array
+
+    study = write_study(os.path.join(DEMO, "example_ct_dicom"), os.path.join(out, "study"))
+    for f in os.listdir(os.path.join(study, "CT")):
+        ds = pydicom.dcmread(os.path.join(study, "CT", f), stop_before_pixels=True)
+        _sources[str(ds.SOPInstanceUID)] = ds
+    pred = os.path.join(out, "pred_both")
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
+                    "--input", study, "--output_dir", pred, "--ckpt_path", ckpt, "--num_workers", "0",
+                    "--overwrite", "True", "--show_progress", "False", "--output_type", "both"],
+                   cwd=ROOT, check=True)  # fmt: skip
+    nifti = os.path.join(pred, "CT_seg.nii.gz")
+    truth = remap_labels(load_canonical(os.path.join(DEMO, "example_seg_dicom.nii.gz")).astype(np.int64),
+                         TOTALSEG_TO_SYNAPSE)  # fmt: skip
+    from_nifti = dice_per_organ(load_canonical(nifti), truth)
+    from_seg = dice_per_organ(reorient_array(seg_on_grid(os.path.join(pred, "CT_seg.dcm"), nifti),
+                                             nib.load(nifti).affine), truth)  # fmt: skip
+    return {
+        "mode": "dice",
+        "nifti": {k: round(from_nifti[k], 4) for k in DICOM_ORGANS + ("pancreas",)},
+        "seg": {k: round(from_seg[k], 4) for k in DICOM_ORGANS + ("pancreas",)},
+        "identical": bool(all(from_nifti[k] == from_seg[k] or (np.isnan(from_nifti[k]) and np.isnan(from_seg[k]))
+                              for k in ORGANS)),  # fmt: skip
+    }
+
+
 if __name__ == "__main__":
     out_dir, mode = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     if mode == "prepare":
         prepare(out_dir)
     else:
-        row = writer(out_dir) if mode == "writer" else inference(out_dir, sys.argv[3], sys.argv[4])
+        if mode == "writer":
+            row = writer(out_dir)
+        elif mode == "dice":
+            row = dice(out_dir, sys.argv[3])
+        else:
+            row = inference(out_dir, sys.argv[3], sys.argv[4])
         row["load_avg_1min"] = round(os.getloadavg()[0], 1)
         print(json.dumps(row))
