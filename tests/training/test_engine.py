@@ -65,3 +65,28 @@ def test_train_yaml_sets_the_cudnn_flags_and_an_epoch_keeps_them(benchmark, ct_d
     assert wf.parser.get_parsed_content("train#trainer").state.epoch == 1
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (benchmark, not benchmark)
     wf.finalize()
+
+
+@pytest.mark.parametrize("drop_last", [None, False])
+def test_compile_sees_one_batch_shape(drop_last, ct_dataset, tmp_path):
+    """6 slices per epoch at batch 4, 2 epochs, compiled: with compile the epoch drops its short last batch, so
+    dynamo compiles one graph; keeping the short batch (the control) compiles a second one for it."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    override = {"train#trainer#compile_kwargs": {"backend": counter}}
+    if drop_last is not None:
+        override["train#batches#drop_last"] = drop_last
+    wf = _train_workflow(
+        ct_dataset, tmp_path, compile=True, epochs=2, batch_size=4, slices_per_epoch=6, **override
+    )  # fmt: skip
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    if drop_last is None:  # train.yaml: drop_last follows compile
+        assert trainer.state.iteration == 2 and counter.frame_count == 1
+    else:
+        assert trainer.state.iteration == 4 and counter.frame_count == 2
+    wf.finalize()
+    torch._dynamo.reset()
