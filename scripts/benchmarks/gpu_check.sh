@@ -47,12 +47,16 @@ step() {
 
 echo "== install carried wheels (t+$(elapsed) s)"
 if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
-    { echo "== the carried wheels did not install"; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # into the image's environment (the machine is bare at every start), so that subprocesses which set their own
+  # PYTHONPATH (python -m monai.bundle in some tests) see them too; a read-only one: a --target folder instead
+  pipi="$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade"
+  if ! $pipi .whl/*.whl; then
+    $pipi --target /tmp/site .whl/*.whl || { echo "== the carried wheels did not install"; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-$PY -c "import torch, monai, ignite, nibabel, fire, timm; print('python', __import__('sys').version.split()[0], 'torch', \
+$PY -c "import sys, torch, monai, ignite, nibabel, fire, timm; print('python', sys.version.split()[0], 'torch', \
 torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'monai', monai.__version__, \
 'ignite', ignite.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))" ||
   { echo "== no CUDA device, or a package is missing (scripts/benchmarks/prepare_gpu_carry.sh, carry .whl)"; exit 1; }

@@ -29,7 +29,7 @@ if ((wheels + tree > LIMIT)); then
   exit 1
 fi
 if [ "${1:-}" = "--check" ]; then
-  # gpu_check.sh's own install line, for Python 3.12 (PY312: a python3.12 here), into a throw-away folder
+  # gpu_check.sh's install (its --target fallback, here into a throw-away folder) for a Python 3.12 here (PY312)
   PY312=${PY312:-python3.12}
   site=$(mktemp -d)
   $PY312 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$DEST"/*.whl
