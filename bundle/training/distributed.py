@@ -2,7 +2,7 @@
 
 The batch rule: ``batch_size`` is the global batch the recipe asks for (20 slices, lr 0.05 at 20). Each rank takes
 ``batch_size // world_size`` slices (the monai backend: whole volumes of ``slices_per_volume`` slices), at least one
-unit, so the real global batch is that × ``world_size``: 20 on 2 or 4 GPUs, 16 on 8, 24 on 24. The learning rate is
+unit, so the real global batch is that × ``world_size``: 20 on 2, 4 or 5 GPUs, 16 on 8, 24 on 24. The learning rate is
 scaled from the real global batch (``scaled_lr``), and rank 0 logs the rule once, with a warning when the real
 global batch differs from ``batch_size``.
 """
@@ -52,8 +52,9 @@ def sync_batchnorm(network: torch.nn.Module, enabled: bool, device: Union[str, t
     """``network`` with every BatchNorm layer made a ``torch.nn.SyncBatchNorm`` when ``enabled``.
 
     SyncBatchNorm normalises each training batch with the statistics of the global batch (all ranks), as the
-    single-GPU recipe does, instead of each rank's few slices (2 on 8 GPUs at batch 20); it costs one all-reduce per
-    BatchNorm layer and step. torch runs it on GPUs only, so ``enabled`` on another device is refused.
+    single-GPU recipe does, instead of each rank's few slices (2 on 8 GPUs at batch 20); it costs a gather (forward)
+    and a reduce (backward) per BatchNorm layer and step. torch trains it on GPUs only, so ``enabled`` on another
+    device is refused.
     """
     if not isinstance(enabled, bool):
         raise InputError(f"sync_bn must be True or False, got {enabled!r}: write --sync_bn True or --sync_bn False.")
