@@ -4,4 +4,4 @@ Configs refer to this package as ``bundle.…``; run commands from the repositor
 the bundle root on ``PYTHONPATH``.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"

@@ -170,8 +170,9 @@ class AxialSliceInferer(Inferer):
             inverse[:, 0, 0], inverse[:, 1, 1] = 1.0 / theta[:, 0, 0], 1.0 / theta[:, 1, 1]
             protocol = self.resample == "protocol"
             src = scores.argmax(1, keepdim=True).float() if protocol else scores
-            grid = F.affine_grid(inverse.to(src.device), [src.shape[0], src.shape[1], h, w], align_corners=False)
-            back = F.grid_sample(src, grid, mode="nearest" if protocol else "bilinear", align_corners=False)
+            with torch.autocast(src.device.type, enabled=False):  # fp32 grid inside the evaluator's autocast
+                grid = F.affine_grid(inverse.to(src), [src.shape[0], src.shape[1], h, w], align_corners=False)
+                back = F.grid_sample(src, grid, mode="nearest" if protocol else "bilinear", align_corners=False)
             return (back[:, 0] if protocol else back.argmax(1)).to(torch.uint8)
         if self.resample == "protocol":
             labels = scores.argmax(1).to(torch.uint8).cpu()

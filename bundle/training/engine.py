@@ -2,15 +2,18 @@
 
 The newest checkpoint of a run (for resume) is :func:`bundle.io.checkpoint.latest_checkpoint`.
 
-Resume is exact: :class:`AtomicCheckpointSaver` never leaves a truncated checkpoint under its final name, and
-:class:`EpochSeed` makes every epoch's random stream (sampling, augmentation, dropout) a function of the seed and
-the epoch number only, so a run resumed after epoch N draws what the uninterrupted run drew in epoch N + 1.
+Resume is exact on CPU: :class:`AtomicCheckpointSaver` never leaves a truncated checkpoint under its final name, and
+:class:`EpochSeed` makes every epoch's random stream (sampling, augmentation, dropout) a function of the seed, the
+epoch number and the DDP rank only, so a run resumed after epoch N draws what the uninterrupted run drew in epoch
+N + 1. On CUDA the draws are the same but the arithmetic is not bit-exact (autotuned cuDNN algorithms, atomic adds in
+backward kernels): docs/operations.md §4.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 from monai.utils import set_determinism
@@ -31,27 +34,38 @@ def poly_iterations(epochs: int, epoch_length: int) -> int:
 
 
 class EpochSeed:
-    """Reseeds everything at each ``EPOCH_STARTED`` with ``seed + epoch``: torch/numpy/random and the transforms.
+    """Reseeds everything at each ``EPOCH_STARTED`` with a function of (seed, epoch, rank): torch/numpy/random and
+    the transforms.
 
     Without it the random stream runs on from the start of the process, so a resumed run repeats epoch 1's draws.
     The DataLoader iterator (sampler order, worker seeds) is created after ``EPOCH_STARTED``, so it follows too.
-    Attach on every rank (the DDP overlay keeps it in ``train#handlers[:3]``).
+    Attach on every rank (the DDP overlay keeps it in ``train#handlers[:3]``); each rank gets its own stream, so
+    under DDP the monai backend's ranks draw different slices and augmentations (rank 0's stream is the
+    single-process one). MONAI's ``set_determinism`` also switches cuDNN to deterministic, non-autotuned
+    algorithms; the cuDNN flags in force before the call (``cudnn_benchmark`` in train.yaml) are put back.
 
     Args:
         seed: the run's seed (``@seed``).
+        rank: this process's DDP rank (``@rank``).
     """
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+    def __init__(self, seed: int = 0, rank: int = 0) -> None:
+        self.seed, self.rank = int(seed), int(rank)
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of ``epoch`` on this rank (1000003 is prime: no (epoch, rank) pair repeats another's)."""
+        return (self.seed + 1000003 * int(epoch) + 1009 * self.rank) % (2**32)
+
     def __call__(self, engine: Any) -> None:
-        seed = (self.seed + 1000003 * int(engine.state.epoch)) % (2**32)
+        seed = self.epoch_seed(engine.state.epoch)
+        cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
         set_determinism(seed=seed)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
         loader = getattr(engine, "data_loader", None)
         if hasattr(
             loader, "set_epoch"

@@ -132,6 +132,9 @@ class SliceBatches:
         augment_members: draw only these members of the official list (default: all ten;
             :data:`bundle.transforms.augment.MEMBERS`).
         augmenter: a custom augmenter (default: ``BatchedAugment(table.size, augment_members)``).
+        drop_last: leave out the epoch's short last batch (as ``DataLoader(drop_last=True)``), so every batch has
+            one shape and ``torch.compile`` compiles one graph (train.yaml sets it with ``compile``); the left-out
+            slices differ from epoch to epoch. A rank's share smaller than one batch stays one short batch.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class SliceBatches:
         world_size: int = 1,
         augment_members: Optional[Sequence[str]] = None,
         augmenter: Optional[Any] = None,
+        drop_last: bool = False,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -156,6 +160,7 @@ class SliceBatches:
         self.device = torch.device(device) if device is not None else table.image.device
         self.rank, self.world_size = int(rank), int(world_size)
         self.augmenter = (augmenter or BatchedAugment(table.size, augment_members)) if augment else None
+        self.drop_last = bool(drop_last)
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -166,6 +171,8 @@ class SliceBatches:
         return math.ceil(self.slices_per_epoch / self.world_size)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return max(1, self._per_rank() // self.batch_size)
         return math.ceil(self._per_rank() / self.batch_size)
 
     def epoch_indices(self, epoch: Optional[int] = None) -> torch.Tensor:
@@ -190,7 +197,7 @@ class SliceBatches:
             (self.seed * 7919 + self.epoch * 104729 + self.rank) % 2**63
         )
         table = self.table
-        for chunk in rows.split(self.batch_size):
+        for chunk in rows.split(self.batch_size)[: len(self)]:
             index = chunk.to(table.image.device)
             image = table.image.index_select(0, index).to(self.device, non_blocking=True).float()
             label = table.label.index_select(0, index).to(self.device, non_blocking=True)[:, None]

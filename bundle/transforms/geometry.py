@@ -315,13 +315,15 @@ def to_network_grid(
     theta = torch.stack([network_grid_theta((h, w), tuple(sp.tolist()), pixel_size, roi) for sp in spacing]).to(
         x.device
     )
-    if mode != "nearest":
-        sigma = ((pixel_size / spacing - 1.0) / 2.0).clamp_min(0.0).to(torch.float32)
-        for axis, column in ((-2, 0), (-1, 1)):
-            if float(sigma[:, column].max()) > 0.0:
-                x = gaussian_blur(x, sigma[:, column].to(x.device), axis)
-    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *roi], align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False), theta
+    # in x's dtype even inside an inferer's autocast: a bf16/fp16 grid is up to ~1 px off at a 512 slice's edge
+    with torch.autocast(x.device.type, enabled=False):
+        if mode != "nearest":
+            sigma = ((pixel_size / spacing - 1.0) / 2.0).clamp_min(0.0).to(torch.float32)
+            for axis, column in ((-2, 0), (-1, 1)):
+                if float(sigma[:, column].max()) > 0.0:
+                    x = gaussian_blur(x, sigma[:, column].to(x.device), axis)
+        grid = torch.nn.functional.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *roi], align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False), theta
 
 
 def reorient_array(array: Any, affine: Any, axcodes: str = DEFAULT_AXCODES) -> np.ndarray:

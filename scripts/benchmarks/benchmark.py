@@ -105,11 +105,15 @@ def _md_table(rows: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(name: str, record: dict, command: str) -> None:
+def _write(name: str, record: dict, command: str, final: bool = True) -> None:
+    """Writes the record; ``final=False`` (after each row of a long run) rewrites the JSON only, so a run stopped
+    by a time limit leaves the rows it had measured."""
     record["env"]["loadavg_end"] = list(os.getloadavg())
     record["command"] = command
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=4) + "\n")  # the model zoo's JSON format
+    if not final:
+        return
     env = "\n".join(f"- {k}: {v}" for k, v in record["env"].items())
     notes = "".join(f"- {n}\n" for n in record.get("notes", []))
     md = f"# {name}\n\nCommand: `{command}`\n\n{env}\n\n{notes}\n{_md_table(record['rows'])}"
@@ -210,6 +214,8 @@ def forward(
     device = _setup(threads, device)
     batch_list = [int(b) for b in _split(batches or ("1,8,32,128" if device == "cuda" else "1"))]
     rows, notes = [], []
+    record = {"env": _environment(device, threads), "variant": variant, "rows": rows, "notes": notes}
+    name = name or f"forward_{device}_{variant}"
     for backend in _split(backends):
         for dname in _split(dtypes):
             if (backend == "onnx" and (dname != "fp32" or device != "cpu")) or (dname == "fp16" and device == "cpu"):
@@ -219,17 +225,19 @@ def forward(
             for b in batch_list:
                 x = torch.randn(b, 1, 224, 224, device=device)
                 try:
-                    t = _time(lambda: fast(x), device, warmup, reps)
+                    first = _time(lambda: fast(x), device, 0, 1)[0]  # compile / autotune happen here
+                    t = _time(lambda: fast(x), device, max(0, warmup - 1), reps)
                 except RuntimeError as err:  # e.g. CUDA out of memory at batch 128
                     notes.append(f"{backend}/{dname}/batch {b}: {err}".splitlines()[0])
                     continue
                 med = statistics.median(t)
                 row = {"what": "forward", "backend": backend, "dtype": dname, "batch": b, "median_s": med}
-                row.update(min_s=min(t), ms_per_slice=1000 * med / b, slices_per_s=b / med)
+                row.update(min_s=min(t), ms_per_slice=1000 * med / b, slices_per_s=b / med, first_call_s=first)
                 if device.startswith("cuda"):
                     row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                     torch.cuda.reset_peak_memory_stats()
                 rows.append(row)
+                _write(name, record, _command(), final=False)
             net = fast = None  # free before the next build (a `del` confuses pyflakes: the lambda above)
     if "bf16" in _split(dtypes) and device == "cpu" and not cpu_supports_bf16():
         notes.append("This CPU has no AVX512-BF16/AMX: CPU bf16 is emulated, expected slower than fp32.")
@@ -258,19 +266,25 @@ def forward(
             row = {"what": "train_step", "backend": "eager", "dtype": dname, "batch": train_batch, "median_s": med}
             row.update(min_s=min(t), ms_per_slice=1000 * med / train_batch, slices_per_s=train_batch / med)
             rows.append(row)
+            _write(name, record, _command(), final=False)
             del net, opt
-    record = {"env": _environment(device, threads), "variant": variant, "rows": rows, "notes": notes}
-    _write(name or f"forward_{device}_{variant}", record, _command())
+    _write(name, record, _command())
 
 
 # ----------------------------------------------------------------------------------------------- volume
-def _bundle_volume_inference(fast, image_path: Path, out_dir: Path, batch: int) -> int:
-    """The bundle's own path, as configs/inference.yaml wires it: ct_volume_transforms -> AxialSliceInferer ->
-    SaveLabelNiftid (MONAI LoadImage, HU window, bicubic 224², per-chunk argmax, uint8 NIfTI)."""
+def _bundle_volume_inference(
+    fast, image_path: Path, out_dir: Path, batch: int, device: str = "cpu", amp: Optional[torch.dtype] = None
+) -> int:
+    """The bundle's own path, as configs/inference.yaml runs it: ct_volume_transforms (the DataLoader's work, CPU)
+    -> the volume to ``device`` (the evaluator's prepare_batch) -> AxialSliceInferer there (bicubic 224², network,
+    bilinear scores back, per-chunk argmax), under ``amp`` autocast as ``--amp True`` -> SaveLabelNiftid (uint8
+    NIfTI, CPU)."""
 
     data = ct_volume_transforms(keys=["image"])({"image": str(image_path)})
     image = data["image"]
-    pred = AxialSliceInferer(roi_size=(224, 224), sw_batch_size=batch)(image[None], fast)[0]
+    volume = image[None].to(device, non_blocking=True)
+    with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
+        pred = AxialSliceInferer(roi_size=(224, 224), sw_batch_size=batch)(volume, fast)[0]
     SaveLabelNiftid(keys="pred", output_dir=str(out_dir), overwrite=True)({"image": image, "pred": pred})
     return int(image.shape[-1])
 
@@ -296,19 +310,24 @@ def volume(
     image = tmp / "ct.nii.gz"
     write_body_ct(image, (512, 512, slices))
     net = _build(variant).to(device)
+    on_cuda = device.startswith("cuda")
     t0 = time.perf_counter()
-    fast = optimize_for_inference(net, backend=backend, dtype=DTYPES[dtype])
-    fast(torch.randn(1, 1, 224, 224, device=device))  # builds/exports/compiles outside the timed part
+    # CUDA: fp32 network under the engine's autocast, as inference.yaml's --amp True; CPU: the backend's own dtype
+    fast = optimize_for_inference(net, backend=backend, dtype=torch.float32 if on_cuda else DTYPES[dtype])
+    amp = DTYPES[dtype] if on_cuda and dtype != "fp32" else None
+    with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
+        fast(torch.randn(1, 1, 224, 224, device=device))  # builds/exports/compiles outside the timed part
     setup_s = time.perf_counter() - t0
     notes = [
-        "path: bundle.transforms.ct.ct_volume_transforms -> bundle.inferers.axial.AxialSliceInferer -> SaveLabelNiftid"
+        "path: bundle.transforms.ct.ct_volume_transforms -> volume to the device -> "
+        "bundle.inferers.axial.AxialSliceInferer there (resampling and argmax on the device) -> SaveLabelNiftid"
     ]
     notes.append("setup_s (build + ONNX export or cache hit + session, untimed otherwise): counted in peak RSS")
-    if device == "cuda":
+    if on_cuda:
+        notes.append(f"CUDA {dtype}: the inferer under torch.autocast (configs/inference.yaml --amp True)")
         torch.cuda.reset_peak_memory_stats()
-    run = lambda x: fast(x.to(device)).cpu()  # noqa: E731
     t0 = time.perf_counter()
-    depth = _bundle_volume_inference(run, image, tmp / "out", batch)
+    depth = _bundle_volume_inference(fast, image, tmp / "out", batch, device, amp)
     wall = time.perf_counter() - t0
     row = {"backend": backend, "dtype": dtype, "batch": batch, "slices": depth, "wall_s": wall}
     row.update(
@@ -821,9 +840,7 @@ def tensorrt(
                 {"what": "forward", "backend": "tensorrt", "dtype": precision, "batch": b, "slices_per_s": b / med}
             )
         t0 = time.perf_counter()
-        depth = _bundle_volume_inference(
-            lambda v: engine(v.to(device)).float().cpu(), image, tmp / "out", max(batch_list)
-        )
+        depth = _bundle_volume_inference(lambda v: engine(v).float(), image, tmp / "out", max(batch_list), device)
         wall = time.perf_counter() - t0
         rows.append(
             {
@@ -838,7 +855,8 @@ def tensorrt(
     notes.append(
         f"engines: MONAI trt_compile (ONNX → TensorRT), batch 1-{max(batch_list)}, builder level {opt_level}; parity "
         "reference: eager fp32 with TF32 off; eager timings with torch defaults (cuDNN TF32 on); volume: synthetic "
-        f"512x512x{slices} CT read to mask, CPU preprocessing included"
+        f"512x512x{slices} CT read to mask, volume and resampling on the device (inference.yaml's path), reading and "
+        "HU window on the CPU included"
     )
     _write(name, {"env": env, "variant": variant, "rows": rows, "notes": notes}, _command())
     import shutil

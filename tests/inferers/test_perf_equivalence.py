@@ -134,6 +134,7 @@ def test_bad_arguments(net_and_ref):
         optimize_for_inference(net, backend="onnx", dtype=torch.bfloat16)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_eager(net_and_ref, dtype):

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 from conftest import ROOT
 from monai.bundle import ConfigWorkflow
 
@@ -72,3 +73,55 @@ def test_train_ids_and_recipe_defaults():
     assert cfg["learning_rate"] == 0.05 and cfg["momentum"] == 0.9 and cfg["weight_decay"] == 1.0e-4
     assert cfg["training"] == "@run" and cfg["poly_power"] == 0.9
     assert not any("bundle" in str(x) for x in cfg["initialize"])  # no custom imports before sys.path is set
+
+
+class _AutocastProbe(torch.nn.Module):
+    """A 1x1 convolution that records the autocast dtype each forward runs under (None: autocast off)."""
+
+    def __init__(self, in_channels=1, out_channels=9, **_):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, out_channels, 1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return self.conv(x)
+
+
+@pytest.fixture
+def cuda_autocast_on_cpu(monkeypatch):
+    """MONAI's engines call ``torch.autocast("cuda", **amp_kwargs)``: here that autocast runs on the CPU, which
+    takes bf16 and fp16 as well, so the dtype the network computes in can be read on a machine without a GPU."""
+    real = torch.autocast
+
+    def autocast(device_type, *args, **kwargs):
+        if device_type == "cuda" and not args:
+            kwargs.setdefault("dtype", torch.get_autocast_dtype("cuda"))  # CUDA's default (float16), not the CPU's
+            device_type = "cpu"
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+
+
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "files, evaluator",
+    [(["train.yaml"], "validate#evaluator"), (["train.yaml", "evaluate.yaml"], "validate#evaluator"),
+     (["inference.yaml"], "evaluator")],
+)  # fmt: skip
+def test_evaluators_autocast_in_amp_dtype(files, evaluator, amp_dtype, ct_dataset, tmp_path, cuda_autocast_on_cpu):
+    """amp: validation, `run evaluating` and `run inference` compute in the trainer's amp_dtype (MONAI's evaluators
+    default to float16). Checkpoint loaders and reports are left out (handlers []): autocast is the engine's."""
+    probe = _AutocastProbe()
+    override = dict(bundle_root=ROOT, dataset_dir=str(ct_dataset), output_dir=str(tmp_path), amp=True)
+    override.update(amp_dtype=amp_dtype, network_def=probe, show_progress=False, num_workers=0)
+    override["geometry"] = {"_target_": "bundle.transforms.geometry.Geometry"}  # no checkpoint to read it from
+    if files == ["inference.yaml"]:
+        override.update(input=str(ct_dataset / "images" / "vol0.nii.gz"), handlers=[])
+    else:
+        override.update({"validate#handlers": [], "ckpt_path": str(tmp_path / "model.pt")})
+    wf = _workflow(files, "infer" if evaluator == "evaluator" else "train", **override)
+    wf.initialize()
+    wf.parser.get_parsed_content(evaluator).run()
+    assert probe.seen and set(probe.seen) == {getattr(torch, amp_dtype)}
+    wf.finalize()

@@ -163,3 +163,22 @@ def test_batched_backend_builds_a_table_not_a_cache(ct_dataset, tmp_path):
     )
     assert isinstance(loader, SliceBatches) and dataset is None  # the volumes were read once, into the table
     assert len(loader.table) == 6 and loader.table.image.shape[-1] == 224
+
+
+def test_drop_last_keeps_one_batch_shape(cases):
+    """compile's epochs (train.yaml: drop_last follows compile): full batches only, other slices left out each epoch."""
+    table = SliceTable(cases, ct_volume_transforms(), size=32)
+    batches = SliceBatches(table, batch_size=5, seed=3, augment=False, drop_last=True)
+    seen = []
+    for epoch in (1, 2):
+        batches.set_epoch(epoch)
+        shapes = [b["image"].shape[0] for b in batches]
+        assert len(batches) == 2 and shapes == [5, 5]
+        seen.append(set(batches.epoch_indices()[:10].tolist()))
+    assert seen[0] != seen[1]  # a different pair of slices is left out
+    ranks = [
+        SliceBatches(table, batch_size=4, seed=1, rank=r, world_size=2, augment=False, drop_last=True) for r in (0, 1)
+    ]
+    assert [[b["image"].shape[0] for b in r] for r in ranks] == [[4], [4]]  # 6 per rank: one full batch each
+    small = SliceBatches(table, batch_size=20, seed=1, augment=False, drop_last=True)
+    assert [b["image"].shape[0] for b in small] == [12]  # a share smaller than a batch stays one batch

@@ -302,6 +302,31 @@ def test_protocol_and_smooth_resampling_agree_with_a_pixel_size():
 
 
 # ------------------------------------------------------------------------------------------------ body crop
+@pytest.mark.parametrize("resample", ["smooth", "protocol"])
+def test_network_grid_mapping_stays_float32_under_autocast(resample):
+    """The evaluators autocast the inferer (amp): the pixel-size grids in and out must not follow it into bf16,
+    whose 8-bit mantissa put a 512 slice's edge samples up to ~1 px off. QuadrantNet uses no autocast op, so the
+    labels under CPU bf16 autocast equal the fp32 ones exactly."""
+    from monai.data import MetaTensor
+
+    from bundle.inferers.axial import AxialSliceInferer
+    from bundle.transforms.geometry import to_network_grid
+
+    x = torch.rand(2, 1, 512, 500, generator=torch.Generator().manual_seed(0))
+    spacing = torch.tensor([[0.7, 0.75], [0.7, 0.75]])
+    ref, _ = to_network_grid(x, spacing, 1.6, (224, 224))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = to_network_grid(x, spacing, 1.6, (224, 224))
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    vol = MetaTensor(
+        torch.as_tensor(np.clip((_patient() + 125) / 400, 0, 1))[None, None], affine=torch.as_tensor(PLS_AFFINE)
+    )
+    inferer = AxialSliceInferer(resample=resample, pixel_size=1.2, sw_batch_size=2)
+    ref = inferer(vol, QuadrantNet().eval())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(inferer(vol, QuadrantNet().eval()), ref)
+
+
 def test_crop_body_centres_the_grid_on_the_patient_in_every_order(tmp_path):
     """crop_body: the patient (224² slices of 0 HU tissue) lies off-centre in a 400 × 420 field of air; cropped to
     the body, the network sees the patient's own quadrants in every storage order (QuadrantNet's classes of the
