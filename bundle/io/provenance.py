@@ -103,9 +103,10 @@ class ProvenanceRecord:
             return
         record = read_record(self.output_dir)
         identity = self._identity()
-        for name, entry in self.written.items():
-            record["outputs"][name] = {**entry, **identity}
-        atomic_write_text(os.path.join(self.output_dir, FILENAME), json.dumps(record, indent=4))
+        if self.written:  # a run that wrote nothing leaves the folder as it was
+            for name, entry in self.written.items():
+                record["outputs"][name] = {**entry, **identity}
+            atomic_write_text(os.path.join(self.output_dir, FILENAME), json.dumps(record, indent=4))
         self._report_kept(record, identity)
 
     def _report_kept(self, record: Dict[str, Any], identity: Dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import LoadImaged, MapTransform
+from monai.transforms import LoadImage, LoadImaged, MapTransform
 
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_path, atomic_write_text
@@ -44,6 +44,20 @@ def _name(data: Mapping, key: Hashable) -> str:
     return str(value)
 
 
+class LoadImageOrSeries(LoadImage):
+    """``LoadImage`` that reads a DICOM folder or series reference (``<folder>#<tag>``) with ``dicom_reader`` when no
+    reader is forced, and every other file with MONAI's readers."""
+
+    def __init__(self, dicom_reader: DicomSeriesReader, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.dicom_reader = dicom_reader
+
+    def __call__(self, filename, reader=None):
+        if reader is None and self.auto_select and is_dicom_ref(filename):  # auto_select: no reader forced
+            reader = self.dicom_reader
+        return super().__call__(filename, reader)
+
+
 class LoadVolumed(LoadImaged):
     """``LoadImaged`` whose read failures (missing, truncated, corrupt, unknown format) become :class:`InputError`.
 
@@ -52,25 +66,19 @@ class LoadVolumed(LoadImaged):
     :mod:`bundle.io.dicom_series`), other files by MONAI's readers (``reader``).
 
     Args:
+        keys: image key, then an optional label key.
+        reader: a MONAI reader forced for every file (``None``: MONAI's choice, and the DICOM reader for DICOM).
         output_type: what the run writes (``nifti``, ``dicom_seg``, ``both``): which DICOM series can be read.
-        other arguments: as ``LoadImaged`` (``image_only`` must stay ``True``).
+        image_only: as ``LoadImaged`` (MONAI Label sets its loader's ``image_only`` to ``False``).
     """
 
-    def __init__(self, keys: KeysCollection, reader=None, output_type: str = "nifti", **kwargs) -> None:
-        super().__init__(keys, reader=reader, **kwargs)
-        self._dicom = DicomSeriesReader(output_type)
-        self._explicit_reader = reader is not None
-
-    def _read(self, value, reader=None):
-        dicom = reader is None and not self._explicit_reader and is_dicom_ref(value)
-        return self._loader(value, self._dicom if dicom else reader)
+    def __init__(self, keys: KeysCollection, reader=None, output_type: str = "nifti", image_only: bool = True) -> None:
+        super().__init__(keys, reader=reader, image_only=image_only)
+        self._loader = LoadImageOrSeries(DicomSeriesReader(output_type), reader=reader, image_only=image_only)
 
     def __call__(self, data, reader=None):
         try:
-            d = dict(data)
-            for key in self.key_iterator(d):
-                d[key] = self._read(d[key], reader)
-            return d
+            return super().__call__(data, reader)
         except InputError:
             raise
         except Exception as err:
@@ -80,7 +88,7 @@ class LoadVolumed(LoadImaged):
                     key, path, cause = k, data[k], None
                     break
                 try:
-                    self._read(data[k], reader)
+                    self._loader(data[k], reader)
                 except Exception as one:
                     key, path, cause = k, data[k], one
                     break

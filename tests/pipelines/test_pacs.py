@@ -4,6 +4,7 @@ STOW-RS, and QIDO/WADO find it again referencing the CT series, with the labels 
 no duplicate; a bad URL, study, series or a rejected store end in one line."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,19 @@ def test_rejected_store_is_one_line_and_removes_the_local_seg(tmp_path, monkeypa
                                          r"reason 42752\)"):  # fmt: skip
         dicomweb.store_seg("http://pacs/dicom-web", str(path))
     assert not path.exists()
+
+
+def test_concurrent_studies_nothing_lost_or_duplicated(demo_dicom_series, quadrant, tmp_path):
+    """scripts/benchmarks/pacs_load.py, bounded for CI (4 studies at once, two rounds, its own Orthanc): every study
+    gets exactly one SEG referencing its CT series, and the second round stores nothing new."""
+    from bundle.data.orthanc import orthanc_missing
+
+    if orthanc_missing():
+        pytest.skip(orthanc_missing())
+    cmd = [sys.executable, "scripts/benchmarks/pacs_load.py", "--out", str(tmp_path), "--ckpt",
+           str(quadrant / "model.pt"), "--config_overlay", str(quadrant / "net.yaml"), "--series", demo_dicom_series,
+           "--studies", "4", "--concurrency", "4", "--timeout", "600"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])["summary"]
+    assert summary["studies"] == 4 and summary["failed_runs"] == 0 and summary["lost_or_duplicated"] == []
