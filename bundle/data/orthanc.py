@@ -110,3 +110,29 @@ class LocalOrthanc:
     def get(self, path: str):
         """JSON of a REST ``GET`` (e.g. ``/series``)."""
         return json.loads(urllib.request.urlopen(self.http + path, timeout=60).read())
+
+
+def main(argv=None) -> int:
+    """``python -m bundle.data.orthanc --root /tmp/pacs [--upload study/]``: a local Orthanc until Ctrl-C."""
+    import argparse
+    import glob
+
+    parser = argparse.ArgumentParser(description="A local Orthanc PACS (DICOMweb on loopback) until Ctrl-C.")
+    parser.add_argument("--root", required=True, help="folder for its configuration, storage and log")
+    parser.add_argument("--upload", default=None, help="a folder whose DICOM files (any depth) are stored first")
+    args = parser.parse_args(argv)
+    with LocalOrthanc(args.root) as pacs:
+        if args.upload:
+            files = [p for p in glob.glob(os.path.join(args.upload, "**", "*"), recursive=True) if os.path.isfile(p)]
+            print(f"stored {pacs.upload(files)} of {len(files)} files from {args.upload}", flush=True)
+        print(f"Orthanc: {pacs.http}  DICOMweb: {pacs.dicomweb}  (Ctrl-C stops it)", flush=True)
+        try:
+            while pacs.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
