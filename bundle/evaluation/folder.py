@@ -26,6 +26,7 @@ from monai.transforms import LoadImage, Orientation
 from bundle.errors import InputError
 from bundle.evaluation.metrics import SYNAPSE_CLASSES
 from bundle.evaluation.reports import SegmentationReport
+from bundle.io.volume import quiet_default_readers
 from bundle.transforms.geometry import check_axcodes
 
 __all__ = ["MASK_SUFFIXES", "PAIR_SUFFIXES", "case_key", "list_masks", "pair_cases", "load_mask", "evaluate_folder"]
@@ -123,7 +124,9 @@ def load_mask(path: str):
     """
 
     try:
-        img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        with quiet_default_readers():
+            loader = LoadImage(image_only=True, ensure_channel_first=True)
+        img = loader(str(path))
     except Exception as err:
         while err.__cause__ is not None:  # MONAI's wrapper says nothing about the file
             err = err.__cause__

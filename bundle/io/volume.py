@@ -13,6 +13,7 @@ Every failure is an :class:`~bundle.errors.InputError`; the catalogue of message
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -44,6 +45,21 @@ def _name(data: Mapping, key: Hashable) -> str:
     return str(value)
 
 
+@contextlib.contextmanager
+def quiet_default_readers():
+    """MONAI registers its GPU DICOM decoder (nvImageCodec) with every ``LoadImage`` of default readers and, where
+    it is missing (every CPU machine), logs and warns about it each time: three lines per run that say nothing."""
+    log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            yield
+    finally:
+        log.setLevel(level)
+
+
 class LoadImageOrSeries(LoadImage):
     """``LoadImage`` that reads a DICOM folder or series reference (``<folder>#<tag>``) with ``dicom_reader`` when no
     reader is forced, and every other file with MONAI's readers."""
@@ -73,8 +89,9 @@ class LoadVolumed(LoadImaged):
     """
 
     def __init__(self, keys: KeysCollection, reader=None, output_type: str = "nifti", image_only: bool = True) -> None:
-        super().__init__(keys, reader=reader, image_only=image_only)
-        self._loader = LoadImageOrSeries(DicomSeriesReader(output_type), reader=reader, image_only=image_only)
+        with quiet_default_readers():
+            super().__init__(keys, reader=reader, image_only=image_only)
+            self._loader = LoadImageOrSeries(DicomSeriesReader(output_type), reader=reader, image_only=image_only)
 
     def __call__(self, data, reader=None):
         try:

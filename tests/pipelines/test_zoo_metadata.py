@@ -1,10 +1,10 @@
 """What the model zoo's CI reads besides the code: pinned packages in metadata.json, JSON formatting, data licences.
 
 * The zoo's CI installs only what ``configs/metadata.json`` lists (``ci/get_bundle_requirements.py`` in
-  Project-MONAI/model-zoo turns monai/pytorch/numpy versions, ``optional_packages_version`` and
-  ``required_packages_version`` into a requirements file). So every third-party module that ``bundle/`` imports at
-  module level must be pinned in ``required_packages_version``, and every one imported inside a function in one of
-  the two, at the version ``pyproject.toml`` pins.
+  Project-MONAI/model-zoo turns monai/pytorch/numpy versions and ``required_packages_version`` into a requirements
+  file). So every third-party module that ``bundle/`` imports, at module level or inside a function, must be pinned
+  in ``required_packages_version`` at the version ``pyproject.toml`` pins (one list: MONAI 1.6.1 reads the other,
+  ``optional_packages_version``, as a deprecated spelling of it and drops the required list).
 * The zoo formats JSON with pre-commit's ``pretty-format-json --autofix --no-sort-keys --indent=4`` (its
   ``.pre-commit-config.yaml``): ``json.dumps(obj, indent=4)`` (ASCII escapes, key order kept) and a final newline.
 """
@@ -105,30 +105,39 @@ def test_every_module_level_import_is_a_required_package(meta_path, imports):
 @pytest.mark.parametrize("meta_path", METADATA)
 def test_every_function_level_import_is_listed(meta_path, imports):
     meta = json.load(open(os.path.join(ROOT, meta_path)))
-    listed = {_canon(k) for k in meta["required_packages_version"]} | {
-        _canon(k) for k in meta.get("optional_packages_version", {})
-    }
+    listed = {_canon(k) for k in meta["required_packages_version"]}
     unlisted = {
         _distribution(module): sorted(where["function"])[:3]
         for module, where in imports.items()
         if where["function"] and module not in VERSION_FIELDS and _distribution(module) not in listed
     }
-    assert unlisted == {}, f"{meta_path}: neither required nor optional (imported inside functions by): {unlisted}"
+    assert unlisted == {}, f"{meta_path}: not in required_packages_version (imported inside functions by): {unlisted}"
 
 
 @pytest.mark.parametrize("meta_path", METADATA)
 def test_pins_agree_with_pyproject_and_apps_key_exists(meta_path):
     meta = json.load(open(os.path.join(ROOT, meta_path)))
     pins = _pyproject_pins()
-    required, optional = meta["required_packages_version"], meta.get("optional_packages_version", {})
-    both = {_canon(k) for k in required} & {_canon(k) for k in optional}
-    assert both == set(), f"{meta_path}: both required and optional: {both}"
-    listed = {**required, **optional}
-    differ = {k: (v, pins[_canon(k)]) for k, v in listed.items() if _canon(k) in pins and pins[_canon(k)] != v}
+    required = meta["required_packages_version"]
+    differ = {k: (v, pins[_canon(k)]) for k, v in required.items() if _canon(k) in pins and pins[_canon(k)] != v}
     assert differ == {}, f"{meta_path}: versions differ from pyproject.toml (metadata, pyproject): {differ}"
     for field, dist in (("pytorch_version", "torch"), ("monai_version", "monai"), ("numpy_version", "numpy")):
         assert meta[field] == pins[dist], f"{meta_path}: {field} {meta[field]} != pyproject {pins[dist]}"
     assert isinstance(meta.get("supported_apps"), dict)
+
+
+@pytest.mark.parametrize("meta_path", METADATA)
+def test_monai_keeps_the_required_packages(meta_path):
+    """MONAI 1.6.1 reads ``optional_packages_version`` as the deprecated spelling of ``required_packages_version`` and
+    replaces the latter with it when it parses a bundle (``reference_resolver.normalize_meta_id``): the metadata holds
+    one list, and the parsed bundle requires every package of it."""
+    from monai.bundle import ConfigParser
+
+    meta = json.load(open(os.path.join(ROOT, meta_path)))
+    assert "optional_packages_version" not in meta
+    parser = ConfigParser()
+    parser.read_meta(os.path.join(ROOT, meta_path))
+    assert parser.get_parsed_content("_meta_#required_packages_version") == meta["required_packages_version"]
 
 
 def _zoo_json_files():
