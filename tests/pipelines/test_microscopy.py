@@ -554,3 +554,22 @@ def test_training_and_validation_caches_hold_images(tmp_path):
         item = wf.parser.get_parsed_content(ds_id)._cache[0]
         assert type(item["image"]).__name__ == "MetaTensor" and item["image"].ndim == 3, ds_id
         assert type(item["label"]).__name__ == "MetaTensor", ds_id
+
+
+def test_summarize_folds_command(tmp_path):
+    """The command configs/microscopy/evaluate.yaml and docs/microscopy.md give for the fold table exists and runs."""
+    import subprocess
+    import sys
+
+    files = []
+    for i, (d, j) in enumerate([(0.8, 0.7), (0.9, 0.8)]):
+        files.append(str(tmp_path / f"f{i}.json"))
+        json.dump({"dice": d, "iou": j}, open(files[-1], "w"))
+    doc = open(os.path.join(ROOT, "docs/microscopy.md")).read()
+    assert "python scripts/evaluation/summarize_folds.py" in doc and "bundle.transforms.microscopy summarize" not in doc
+    proc = subprocess.run([sys.executable, "scripts/evaluation/summarize_folds.py", *files], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0 and "Dice 85.00 ± 7.07  IoU 75.00 ± 7.07  (2 folds)" in proc.stdout
+    proc = subprocess.run([sys.executable, "scripts/evaluation/summarize_folds.py", str(tmp_path / "nope.json")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.startswith("InputError: ") and "Traceback" not in proc.stderr
