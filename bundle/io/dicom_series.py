@@ -13,11 +13,8 @@ captures, SEG/RTSTRUCT/SR objects, missing or duplicated instances. One rule dec
    secondary capture), not a LOCALIZER, with image geometry, and at least :data:`MIN_SLICES` slices. DERIVED
    volumes (reformats, MIPs) are skipped when the same input holds an ORIGINAL one, unless picked by ``series_uid``.
    Everything else is skipped with one log line naming it and why.
-4. Slice positions come from ImagePositionPatient projected on the slice normal (the cross product of the
-   ImageOrientationPatient rows and columns), never from instance numbers: :func:`slice_geometry` tells a complete
-   evenly spaced series from one with missing slices (gaps that are whole multiples of the step: every slice still
-   sits on one grid), irregular spacing, or gantry tilt (the last two fit no single voxel grid), and refuses
-   duplicated positions.
+4. Slices are sorted along the slice normal (:mod:`bundle.io.dicom_geometry` says where they lie); two different
+   instances at one position are refused, a second copy of one instance is ignored.
 
 A case is named by a *series reference* ``<folder>#<tag>`` (:func:`series_ref`), or the bare folder when the folder
 holds one CT volume; ``tag`` (``s<number>_<description>``) is unique within the folder and names the output.
@@ -35,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bundle.errors import InputError
+from bundle.io.dicom_geometry import SliceGeometry, axis_name, slice_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -62,39 +60,6 @@ _TAGS = (
     "NumberOfFrames",
 )
 REF_SEP = "#"
-
-
-@dataclass
-class SliceGeometry:
-    """Where the slices of a series lie, in the order of its (sorted) files.
-
-    Attributes:
-        kind: ``regular`` (complete, evenly spaced), ``missing`` (gaps that are whole multiples of the step),
-            ``irregular`` (no even step fits) or ``tilted`` (gantry tilt: slices shifted in-plane as they advance).
-        grid_index: each file's slice index on the voxel grid (``0..n_grid-1``; with missing slices some indices
-            hold no file).
-        step: the slice step vector (LPS mm) of the voxel grid (for ``irregular``: the mean step, nominal only).
-        defect: one line naming the defect (``None`` for ``regular``).
-    """
-
-    kind: str
-    grid_index: np.ndarray
-    step: np.ndarray
-    defect: Optional[str] = None
-
-    @property
-    def n_grid(self) -> int:
-        return int(self.grid_index[-1]) + 1
-
-    @property
-    def missing(self) -> List[int]:
-        """Grid slices that no file fills."""
-        return sorted(set(range(self.n_grid)) - set(int(i) for i in self.grid_index))
-
-    @property
-    def exact_on_grid(self) -> bool:
-        """True when one affine places every slice where it was scanned (``regular`` or ``missing``)."""
-        return self.kind in ("regular", "missing")
 
 
 @dataclass
@@ -164,7 +129,7 @@ class Series:
                     logger.info(f"{self.files[i]} is a second copy of {self.files[j]} (same SOPInstanceUID): ignored")
                     continue
                 raise InputError(
-                    f"{self.label}: two instances at {_axis_name(self.normal)} = {offsets[i]:.2f} mm ("
+                    f"{self.label}: two instances at {axis_name(self.normal)} = {offsets[i]:.2f} mm ("
                     f"{os.path.basename(self.files[j])}, {os.path.basename(self.files[i])}): two acquisitions in one "
                     "series or a duplicated export; remove one of them, or export the acquisitions as separate series."
                 )
@@ -174,68 +139,6 @@ class Series:
         self.positions = [self.positions[i] for i in keep]
         if len(self.files) >= 2:
             self.geometry = slice_geometry(np.asarray(self.positions), self.normal, self.label)
-
-
-def _axis_name(normal: np.ndarray) -> str:
-    return "z" if abs(normal[2]) > 0.99 else "position along the slice normal"
-
-
-def slice_geometry(positions: np.ndarray, normal: np.ndarray, label: str = "series") -> SliceGeometry:
-    """Classifies sorted slice positions (LPS mm, (n, 3), ascending along ``normal``, n ≥ 2).
-
-    A step is accepted when every gap is a whole multiple of it within 5 % of the step (at least 0.01 mm), so a
-    slice is never placed more than that from where it was scanned.
-    """
-    offsets = positions @ normal
-    gaps = np.diff(offsets)
-    base = float(np.median(gaps))
-    tol = max(0.01, 0.05 * base)
-    multiples = np.maximum(np.rint(gaps / base), 1)
-    fits = np.abs(gaps - multiples * base) <= tol
-    grid = np.concatenate([[0], np.cumsum(multiples)]).astype(np.int64)
-    total = positions[-1] - positions[0]
-    where = _axis_name(normal)
-    if not fits.all():
-        odd = [i for i in range(len(gaps)) if not fits[i]]
-        shown = "; ".join(f"gap of {gaps[i]:.2f} mm after {where} = {offsets[i]:.2f} mm" for i in odd[:3])
-        more = f" (and {len(odd) - 3} more)" if len(odd) > 3 else ""
-        return SliceGeometry(
-            "irregular",
-            np.arange(len(offsets)),
-            total / (len(offsets) - 1),
-            f"{label}: slice spacing varies: {shown}{more}; {base:.2f} mm elsewhere",
-        )
-    step = total / grid[-1]
-    along = float(total @ normal)
-    inplane = float(np.linalg.norm(total - along * normal))
-    tilt = float(np.degrees(np.arctan2(inplane, abs(along))))
-    if inplane > 0.05 and tilt > 0.05:
-        return SliceGeometry(
-            "tilted",
-            grid,
-            step,
-            f"{label}: gantry tilt of {tilt:.1f}° (slices shifted {inplane / grid[-1]:.2f} mm in-plane per slice)",
-        )
-    off_line = np.linalg.norm(positions - (positions[0] + grid[:, None] * step), axis=1)
-    if off_line.max() > tol:
-        k = int(off_line.argmax())
-        return SliceGeometry(
-            "irregular",
-            np.arange(len(offsets)),
-            total / (len(offsets) - 1),
-            f"{label}: slice positions are not on one line (slice {k} is {off_line[k]:.2f} mm off it)",
-        )
-    if grid[-1] == len(offsets) - 1:
-        return SliceGeometry("regular", grid, step)
-    holes = [i for i in range(len(gaps)) if multiples[i] > 1]
-    n_missing = int(grid[-1] - (len(offsets) - 1))
-    shown = "; ".join(f"gap of {gaps[i]:.2f} mm after {where} = {offsets[i]:.2f} mm" for i in holes[:3])
-    return SliceGeometry(
-        "missing",
-        grid,
-        step,
-        f"{label}: {n_missing} slice{'s' if n_missing > 1 else ''} missing ({shown}; {base:.2f} mm elsewhere)",
-    )
 
 
 # ----------------------------------------------------------------------------------------------- scanning
