@@ -53,7 +53,8 @@ class LoadVolumed(LoadImaged):
 
     Args:
         output_type: what the run writes (``nifti``, ``dicom_seg``, ``both``): which DICOM series can be read.
-        other arguments: as ``LoadImaged`` (``image_only`` must stay ``True``).
+        other arguments: as ``LoadImaged``. With ``image_only=False`` (MONAI Label's ``BundleInferTask`` sets it
+            on the loader) the metadata also goes to ``<key>_meta_dict``, as ``LoadImaged`` does.
     """
 
     def __init__(self, keys: KeysCollection, reader=None, output_type: str = "nifti", **kwargs) -> None:
@@ -68,8 +69,11 @@ class LoadVolumed(LoadImaged):
     def __call__(self, data, reader=None):
         try:
             d = dict(data)
-            for key in self.key_iterator(d):
-                d[key] = self._read(d[key], reader)
+            for key, meta_key, postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
+                out = self._read(d[key], reader)
+                if isinstance(out, (tuple, list)):  # the loader's image_only was switched off
+                    out, d[meta_key or f"{key}_{postfix}"] = out
+                d[key] = out
             return d
         except InputError:
             raise

@@ -57,6 +57,25 @@ def test_post_transforms_are_the_postprocessing_without_the_file_writer(lcc):
     assert served[0].transform is parser.get_parsed_content("preprocessing")
 
 
+def test_preprocessing_runs_with_the_loaders_image_only_off(tmp_path):
+    """``BundleInferTask.pre_transforms`` sets ``image_only = False`` on the loader of every ``LoadImaged`` in
+    ``preprocessing``: the bundle's loader must then still put the image (not an ``(image, meta)`` tuple) under
+    its key, or every ``/infer`` fails with "AttributeError: 'tuple' object has no attribute 'shape'"."""
+    from monai.data import MetaTensor
+    from monai.transforms import LoadImaged
+
+    write_synthetic_case(str(tmp_path / "ct.nii.gz"), str(tmp_path / "lab.nii.gz"), (40, 36, 3))
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.pt")  # no geometry: the official one
+    pre = _inference_parser(ckpt_path=str(tmp_path / "model.pt")).get_parsed_content("preprocessing")
+    loaders = [t for t in pre.transforms if isinstance(t, LoadImaged)]
+    assert loaders
+    for t in loaders:  # what MONAI Label 0.8.5 does (monailabel/tasks/infer/bundle.py)
+        t._loader.image_only = False
+    out = pre({"image": str(tmp_path / "ct.nii.gz")})
+    assert isinstance(out["image"], MetaTensor) and out["image"].shape[0] == 1 and out["image"].ndim == 4
+    assert out["image_meta_dict"]["filename_or_obj"].endswith("ct.nii.gz")
+
+
 def test_metadata_names_monai_label():
     meta = json.load(open(os.path.join(ROOT, "configs/metadata.json")))
     assert meta["supported_apps"] == {"monai-label": "0.8.5"}
