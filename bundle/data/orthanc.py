@@ -23,12 +23,15 @@ import urllib.request
 from typing import Iterable, Optional
 
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+GDCM_PLUGIN = "/usr/share/orthanc/plugins/libOrthancGdcm.so"  # JPEG 2000 decoding and transcoding
 
 
-def orthanc_missing() -> Optional[str]:
-    """Why a local Orthanc cannot start here (``None`` when it can)."""
+def orthanc_missing(transcode: bool = False) -> Optional[str]:
+    """Why a local Orthanc cannot start here (``None`` when it can); ``transcode``: with the GDCM plugin."""
     if shutil.which("Orthanc") is None or not os.path.exists(PLUGIN):
         return "Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
+    if transcode and not os.path.exists(GDCM_PLUGIN):
+        return "Orthanc's GDCM plugin (JPEG 2000 transcoding) is not installed (apt-get install orthanc-gdcm)"
     return None
 
 
@@ -38,18 +41,21 @@ class LocalOrthanc:
     Args:
         root: folder for its configuration, storage and log.
         start_timeout: seconds to wait for ``/system``.
+        transcode: load the GDCM plugin (Debian ``orthanc-gdcm``), so that WADO-RS can send JPEG 2000 instances
+            in another transfer syntax; without it Orthanc 1.10 answers such a request with HTTP 500 ("Cannot
+            transcode image") and serves them only as stored (``transfer-syntax=*``).
 
     Attributes:
         http: the REST root (``http://127.0.0.1:<port>``); ``dicomweb``: the DICOMweb root.
     """
 
-    def __init__(self, root: str, start_timeout: float = 30.0) -> None:
-        self.root, self.start_timeout = str(root), start_timeout
+    def __init__(self, root: str, start_timeout: float = 30.0, transcode: bool = False) -> None:
+        self.root, self.start_timeout, self.transcode = str(root), start_timeout, transcode
         self.proc: Optional[subprocess.Popen] = None
         self.http = self.dicomweb = ""
 
     def __enter__(self) -> "LocalOrthanc":
-        reason = orthanc_missing()
+        reason = orthanc_missing(self.transcode)
         if reason:
             raise RuntimeError(reason)
         os.makedirs(self.root, exist_ok=True)
@@ -64,7 +70,7 @@ class LocalOrthanc:
             "DicomServerEnabled": False,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [PLUGIN],
+            "Plugins": [PLUGIN] + ([GDCM_PLUGIN] if self.transcode else []),
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         path = os.path.join(self.root, "orthanc.json")

@@ -15,12 +15,18 @@ This module only arranges files and the command line around that app; nothing of
   are downloaded at run time), no trainers; ``PYTHONPATH`` gets ``monailabel_compat/`` (``pydicom_seg`` name,
   see that module).
 * ``infer`` is the request 3D Slicer sends (``POST /infer/<model>?image=<id>``, result as uint8 ``.nrrd``).
+* ``--studies`` may be a PACS's DICOMweb root (``http://…/dicom-web``): MONAI Label's DICOMweb datastore then lists
+  its CT series (the image id is the SeriesInstanceUID) and stores every *final* label back as a DICOM SEG, made by
+  dcmqi's ``itkimage2segimage``. ``save`` sends such a label with each organ's SNOMED CT code (MONAI Label 0.8.5
+  codes every segment as Spleen unless the request carries the codes; docs/monailabel.md §8).
 
 Example (docs/monailabel.md)::
 
     python scripts/release/monailabel_app.py layout --app_dir apps/monaibundle --ckpt models/model.pt
     python scripts/release/monailabel_app.py serve --app_dir apps/monaibundle --studies studies/
     python scripts/release/monailabel_app.py infer --image demo_test --out demo_test_seg.nrrd
+    python scripts/release/monailabel_app.py serve --app_dir apps/monaibundle --studies http://127.0.0.1:8042/dicom-web
+    python scripts/release/monailabel_app.py save --image <SeriesInstanceUID> --label edited.nrrd
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ BUNDLE_FILES = ("LICENSE",)
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp")
 # what the server is told besides the model name: local folder only, no SAM2 download, no training tasks
 OFFLINE_CONF = {"zoo_source": "github", "sam2": "false", "skip_trainers": "true", "preload": "false"}
+DICOMWEB_CACHE_S = 60  # seconds MONAI Label keeps its QIDO listings of a PACS (its own default: 7200)
 
 
 def stock_app_dir(name: str = STOCK_APP) -> Path:
@@ -162,10 +169,14 @@ def _raw_keys(ckpt: Path) -> List[str]:
     return list(obj)
 
 
-def server_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """``env`` (default: this process's) with ``monailabel_compat/`` first on ``PYTHONPATH``."""
+def server_env(env: Optional[Dict[str, str]] = None, python: str = "") -> Dict[str, str]:
+    """``env`` (default: this process's) with ``monailabel_compat/`` first on ``PYTHONPATH`` and the interpreter's
+    ``bin/`` first on ``PATH``: MONAI Label runs dcmqi's ``itkimage2segimage`` by name (pip's ``dcmqi`` puts it
+    there) and, not finding it, downloads dcmqi 1.2.4 from GitHub at start, which fails offline."""
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(COMPAT), env.get("PYTHONPATH", "")) if p)
+    scripts = str(Path(python or sys.executable).parent)  # not resolved: a venv's python links out of the venv
+    env["PATH"] = os.pathsep.join(p for p in (scripts, env.get("PATH", "")) if p)
     return env
 
 
@@ -180,13 +191,64 @@ def server_command(
     return cmd
 
 
-def serve(app_dir: str, studies: str, name: str = NAME, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Runs the server in the foreground until Ctrl-C; returns its exit code."""
+def is_dicomweb(studies: str) -> bool:
+    """Whether ``--studies`` names a DICOMweb server (MONAI Label's test: an ``http(s)://`` prefix)."""
+    return str(studies).startswith(("http://", "https://"))
+
+
+def dicomweb_env(env: Dict[str, str], cache_s: int = DICOMWEB_CACHE_S) -> Dict[str, str]:
+    """``env`` for a DICOMweb ``--studies``: the series and SEG listings cached ``cache_s`` seconds (MONAI Label's
+    default, 7200 s, hides a study sent to the PACS, or a label saved, for two hours); a value already set wins."""
+    env = dict(env)
+    env.setdefault("MONAI_LABEL_DICOMWEB_CACHE_EXPIRY", str(int(cache_s)))
+    return env
+
+
+def check_dicomweb(url: str, env: Optional[Dict[str, str]] = None, timeout: float = 10.0) -> None:
+    """Refuses, in one line, a DICOMweb root that does not answer QIDO-RS, or a server environment without dcmqi's
+    ``itkimage2segimage`` (which MONAI Label would otherwise download from GitHub at start)."""
+    env = server_env() if env is None else env
+    if shutil.which("itkimage2segimage", path=env.get("PATH")) is None:
+        raise InputError(
+            "dcmqi's itkimage2segimage is not installed: pip install dcmqi==1.5.7 (the bundle's test extra); MONAI "
+            "Label converts every final label to a DICOM SEG with it and would otherwise download dcmqi at start."
+        )
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/studies?limit=1", timeout=timeout) as resp:
+            json.loads(resp.read() or b"[]")
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise InputError(
+            f"the DICOMweb server {url} does not answer a QIDO-RS search ({err}): check the URL (its DICOMweb "
+            "root, e.g. http://<pacs>:8042/dicom-web for Orthanc) and that the PACS is running."
+        ) from None
+
+
+def serve(
+    app_dir: str,
+    studies: str,
+    name: str = NAME,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    dicomweb_cache_s: int = DICOMWEB_CACHE_S,
+) -> int:
+    """Runs the server in the foreground until Ctrl-C; returns its exit code.
+
+    Args:
+        studies: a folder of CT volumes, or a PACS's DICOMweb root (``http://<pacs>/dicom-web``).
+        dicomweb_cache_s: DICOMweb only: seconds MONAI Label keeps its listing of the PACS (see :func:`dicomweb_env`).
+    """
     if not (Path(app_dir) / "model" / name / "configs" / "inference.yaml").is_file():
         raise InputError(f"{app_dir} does not serve {name!r} yet: run `layout --app_dir {app_dir}` first.")
-    if not Path(studies).is_dir():
-        raise InputError(f"studies folder {studies} does not exist: create it and put the CT volumes there.")
-    return subprocess.call(server_command(app_dir, studies, name, host, port), env=server_env())
+    env = server_env()
+    if is_dicomweb(studies):
+        check_dicomweb(studies, env)
+        env = dicomweb_env(env, dicomweb_cache_s)
+    elif not Path(studies).is_dir():
+        raise InputError(
+            f"studies folder {studies} does not exist: create it and put the CT volumes there, or give a PACS's "
+            "DICOMweb root (http://<pacs>/dicom-web)."
+        )
+    return subprocess.call(server_command(app_dir, studies, name, host, port), env=env)
 
 
 def wait_ready(url: str = "http://127.0.0.1:8000", timeout: float = 300.0, proc=None) -> dict:
@@ -239,6 +301,99 @@ def infer(
     return out
 
 
+def label_info(label: str, bundle_root: str = str(ROOT), algorithm_type: str = "SEMIAUTOMATIC") -> List[dict]:
+    """MONAI Label's ``label_info`` for the label map ``label``: one entry per label value present, ascending (the
+    order in which 0.8.5's ``nifti_to_dicom_seg`` pairs entries with values), each with the dcmqi
+    ``segmentAttribute`` that codes the organ as the bundle's own SEG writer does (SNOMED CT, kidneys with laterality).
+
+    Args:
+        label: a label map with the bundle's values (1 spleen … 8 pancreas).
+        bundle_root: where ``configs/metadata.json`` names the labels.
+        algorithm_type: DICOM SegmentAlgorithmType: ``SEMIAUTOMATIC`` (the model's result, reviewed: a final
+            label), ``AUTOMATIC`` or ``MANUAL``.
+    """
+    import numpy as np
+    from monai.transforms import LoadImage
+
+    from bundle.io.dicom_seg import _COLORS, ANATOMICAL_STRUCTURE, SNOMED
+
+    with open(Path(bundle_root) / "configs" / "metadata.json") as f:
+        meta = json.load(f)
+    names = {int(k): v for k, v in meta["network_data_format"]["outputs"]["pred"]["channel_def"].items()}
+    values = [int(v) for v in np.unique(np.asarray(LoadImage(image_only=True)(label))) if v != 0]
+    unknown = [v for v in values if v not in names]
+    if unknown:
+        raise InputError(
+            f"label map {label} has values {unknown} that name no organ of this bundle (1..{max(names)}): save the "
+            "segmentation exported from this model's labels."
+        )
+    category = dict(zip(("CodeValue", "CodeMeaning"), ANATOMICAL_STRUCTURE), CodingSchemeDesignator="SCT")
+    out = []
+    for value in values:
+        name = names[value]
+        code, meaning, side = SNOMED.get(name, (*ANATOMICAL_STRUCTURE, None))
+        attribute = {
+            "labelID": value,
+            "SegmentLabel": name.replace("_", " "),
+            "SegmentDescription": name,
+            "SegmentAlgorithmType": algorithm_type,
+            "SegmentedPropertyCategoryCodeSequence": category,
+            "SegmentedPropertyTypeCodeSequence": {
+                "CodeValue": code,
+                "CodingSchemeDesignator": "SCT",
+                "CodeMeaning": meaning,
+            },
+            "recommendedDisplayRGBValue": list(_COLORS[(value - 1) % len(_COLORS)]),
+        }
+        if algorithm_type != "MANUAL":
+            attribute["SegmentAlgorithmName"] = "MSA2Net"
+        if side is not None:
+            attribute["SegmentedPropertyTypeModifierCodeSequence"] = {
+                "CodeValue": side[0],
+                "CodingSchemeDesignator": "SCT",
+                "CodeMeaning": side[1],
+            }
+        out.append({"name": name, "idx": value, "segmentAttribute": attribute})
+    if out:
+        out[0]["model_name"] = "MSA2Net"  # becomes the SEG's SeriesDescription
+    return out
+
+
+def save(
+    image: str,
+    label: str,
+    url: str = "http://127.0.0.1:8000",
+    tag: str = "final",
+    coded: bool = True,
+    timeout: float = 600.0,
+) -> dict:
+    """``PUT /datastore/label``: saves ``label`` for ``image``; with a DICOMweb datastore a *final* label is stored
+    on the PACS as a DICOM SEG. ``coded``: send :func:`label_info` (each organ's code) instead of nothing, which
+    MONAI Label 0.8.5 turns into segments named "unknown" and coded Spleen. Returns the server's answer."""
+    import requests
+
+    if not os.path.isfile(label):
+        raise InputError(f"label map {label} does not exist: pass the file /infer returned or Slicer exported.")
+    params = {"label_info": label_info(label)} if coded else {}
+    try:
+        with open(label, "rb") as f:
+            resp = requests.put(
+                url.rstrip("/") + "/datastore/label",
+                params={"image": image, "tag": tag},
+                data={"params": json.dumps(params)},
+                files={"label": (os.path.basename(label), f)},
+                timeout=timeout,
+            )
+    except requests.ConnectionError:
+        raise InputError(f"no MONAI Label server answers at {url}: start it with `serve` or pass --url.") from None
+    if resp.status_code != 200:
+        raise InputError(
+            f"MONAI Label at {url} did not save the label for {image} (HTTP {resp.status_code}: {resp.text[:200]}): "
+            "the server's log names the cause."
+        )
+    return resp.json()
+
+
 def compare(a: str, b: str) -> dict:
     """Voxel agreement of two label maps (any format MONAI reads), after checking they share one grid.
 
@@ -270,6 +425,7 @@ if __name__ == "__main__":
             "serve": serve,
             "command": lambda **kw: " ".join(server_command(**kw)),
             "infer": infer,
+            "save": save,
             "compare": compare,
             "stock_app_dir": lambda: str(stock_app_dir()),
         }

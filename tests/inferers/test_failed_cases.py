@@ -59,7 +59,7 @@ def test_failed_cases_one_line_each_no_traceback(folder_run):
     assert all(ln.startswith("  failed: ") for ln in failed) and err[start + 3].startswith("(MSA2NET_TRACEBACK=1")
     assert str(src / "b_truncated.nii.gz") in failed[0] and "cannot be read" in failed[0]
     assert str(src / "d_slice.nii.gz") in failed[1] and "is 2D" in failed[1]
-    assert sorted(os.listdir(out)) == ["a_seg.nii.gz", "c_seg.nii.gz", "failures.json"]
+    assert sorted(os.listdir(out)) == ["a_seg.nii.gz", "c_seg.nii.gz", "failures.json", "provenance.json"]
     proc = run(traceback=True, folder=("--input", str(src)))  # the same folder given the other way
     assert proc.returncode == 1 and "Traceback" in proc.stdout + proc.stderr
     assert "CasesFailed: 2 of 2 cases failed" in proc.stderr  # the good ones exist now and are skipped

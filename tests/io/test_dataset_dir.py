@@ -80,7 +80,12 @@ def test_inference_config_dataset_dir(volumes, tmp_path):
     )
     wf.initialize()
     wf.run()
-    assert sorted(os.listdir(tmp_path / "out")) == ["case0_seg.nii.gz", "case1_seg.nii.gz", "failures.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "case0_seg.nii.gz",
+        "case1_seg.nii.gz",
+        "failures.json",
+        "provenance.json",
+    ]
     for i in range(2):
         written, src = nib.load(tmp_path / "out" / f"case{i}_seg.nii.gz"), nib.load(volumes / f"case{i}.nii.gz")
         assert written.shape == src.shape and (written.affine == src.affine).all()

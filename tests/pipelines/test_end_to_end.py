@@ -184,7 +184,12 @@ def test_inference_folder_skips_bad_cases_and_fails_at_the_end(tmp_path):
     with pytest.raises(Exception) as err:
         wf.run()
     assert re.search(r"^3 of 5 cases failed \(details in .*failures.json\)", root_input_error(err.value))
-    assert sorted(os.listdir(out)) == ["a_seg.nii.gz", "c_seg.nii.gz", "failures.json"]  # no temporary files left
+    assert sorted(os.listdir(out)) == [
+        "a_seg.nii.gz",
+        "c_seg.nii.gz",
+        "failures.json",
+        "provenance.json",
+    ]  # no temporary files left
     failures = json.load(open(out / "failures.json"))
     assert [os.path.basename(f["file"]) for f in failures] == [
         "b_truncated.nii.gz",
