@@ -44,6 +44,10 @@ def _compare(ref: torch.Tensor, ours: torch.Tensor) -> dict:
     return row
 
 
+def _parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
 def _built(build, *args, **kwargs) -> torch.nn.Module:
     try:
         return build(*args, **kwargs).eval()
@@ -76,12 +80,14 @@ def msa2net_parity(repo: str, variant: str, seed: int, batch: int, randomize: bo
     converted, report = msa2net_keys.convert_official_state_dict(state, variant=variant)
     gen = torch.Generator().manual_seed(seed + 1)
     results = {"official_file_blob": official.git_blob(Path(repo) / official.MSA2NET_FILE)}
+    results["official_parameters_built"] = _parameters(ref_net)
     for in_ch in (1, 3):
         x = torch.randn(batch, in_ch, 224, 224, generator=gen)
         ours = MSA2Net(in_channels=in_ch, out_channels=report.out_channels, variant=variant).eval()
         ours.load_state_dict(converted, strict=True)
         with torch.no_grad():
             results[f"in_channels={in_ch}"] = _compare(ref_net(x), ours(x))
+    results["our_parameters"] = _parameters(ours)
     return results
 
 
@@ -128,6 +134,8 @@ def sa2net_parity(repo: str, in_channels: int, out_channels: int, size: int, see
     ours.load_state_dict(converted, strict=True)
     x = torch.rand(batch, in_channels, size, size, generator=torch.Generator().manual_seed(seed + 1))
     results = {"official_file_blob": official.git_blob(Path(repo) / official.SA2NET_FILE)}
+    results["official_parameters_built"] = _parameters(ref_net)
+    results["our_parameters"] = _parameters(ours)  # with the deep-supervision heads
     ref_out, (ref_logits,) = _run_with_heads(ref_net, x)
     with torch.no_grad():
         logits = ours(x)

@@ -122,23 +122,30 @@ def test_msa2net_parity_with_the_official_checkout(tmp_path):
     run = _parity("--repo", src, "--variant", "both", "--batch", "1", "--out", str(tmp_path / "parity.json"))
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((tmp_path / "parity.json").read_text())
+    built = {"released": (93_660_877, 71_013_299), "paper": (112_767_981, 76_606_666)}  # docs/fidelity.md §2-3
     for variant in ("released", "paper"):
+        assert (report[variant]["official_parameters_built"], report[variant]["our_parameters"]) == built[variant]
         for in_ch in (1, 3):
             row = report[variant][f"in_channels={in_ch}"]
             assert row["max_abs_diff"] < 1e-4 and row["argmax_agreement"] > 0.999, (variant, row)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [("3", "1", "224", "0"), ("4", "2", "128", "3")], ids=["monuseg", "segpc"])
-def test_sa2net_parity_with_the_official_checkout(tmp_path, config):
+@pytest.mark.parametrize(
+    "config,parameters",
+    [(("3", "1", "224", "0"), (32_484_308, 19_296_596)), (("4", "2", "128", "3"), (32_493_464, 19_297_688))],
+    ids=["monuseg", "segpc"],
+)
+def test_sa2net_parity_with_the_official_checkout(tmp_path, config, parameters):
     src = _checkout("sa2net")
     in_ch, out_ch, size, seed = config
     args = ["--in_channels", in_ch, "--out_channels", out_ch, "--size", size, "--seed", seed]
     run = _parity("--network", "sa2net", "--repo", src, *args, "--out", str(tmp_path / "parity.json"))
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads((tmp_path / "parity.json").read_text())[f"{in_ch}->{out_ch}, {size}x{size}"]
+    assert (rows["official_parameters_built"], rows["our_parameters"]) == parameters  # docs/fidelity_sa2net.md §3
     assert rows["eval logits"]["max_abs_diff"] < 1e-6  # recorded: 8.6e-8 / 1.2e-7 (docs/fidelity_sa2net.md §2)
     assert [k for k in rows if k.startswith("train logits")] == [
         f"train logits, head {h}" for h in ("main", "stride 2", "stride 4", "stride 8")
     ]
-    assert max(r["max_abs_diff"] for k, r in rows.items() if k.startswith("train")) < 1e-4
+    assert max(row["max_abs_diff"] for key, row in rows.items() if key.startswith("train")) < 1e-4
