@@ -112,8 +112,8 @@ def _import_msa2net(src: str) -> types.ModuleType:
 def _first_definitions(module: types.ModuleType, name: str = "MyDecoderLayerDAEFormer") -> type:
     """``name`` compiled from the official file keeping the first of each repeated method (the paper's layer)."""
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name)
-    methods = [node.name for node in cls.body if isinstance(node, ast.FunctionDef)]
+    cls = next((node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name), None)
+    methods = [node.name for node in cls.body if isinstance(node, ast.FunctionDef)] if cls else []
     if methods.count("__init__") != 2 or methods.count("forward") != 2:
         raise NotAnOfficialCheckout(
             f"{module.__file__}: {name} should define __init__ and forward twice (commit 209ca72), got {methods}."

@@ -81,9 +81,10 @@ def test_the_paper_layer_is_the_first_of_the_twice_defined_methods(tmp_path):
     assert module.MyDecoderLayerDAEFormer()(None) == "second"  # what Python keeps: the released layer
     layer = official._first_definitions(module)()
     assert layer(None) == "first" and hasattr(layer, "first") and not hasattr(layer, "second")
-    path.write_text(FAKE_LAYER.format(second=""))
-    with pytest.raises(official.NotAnOfficialCheckout, match="should define __init__ and forward twice"):
-        official._first_definitions(_module(path))
+    for text in (FAKE_LAYER.format(second=""), "import torch.nn as nn\n"):
+        path.write_text(text)
+        with pytest.raises(official.NotAnOfficialCheckout, match="should define __init__ and forward twice"):
+            official._first_definitions(_module(path))
 
 
 def _imports_official(tree: ast.AST) -> bool:
