@@ -18,7 +18,6 @@ Examples::
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ from bundle.inferers.backends import cpu_supports_bf16, optimize_for_inference  
 from bundle.io.volume import SaveLabelNiftid  # noqa: E402
 from bundle.networks import MSA2Net  # noqa: E402
 from bundle.networks.convert import convert_official_state_dict  # noqa: E402
+from bundle.networks.official import official_msa2net  # noqa: E402
 from bundle.training.losses import BoundaryDoULoss, make_loss  # noqa: E402
 from bundle.transforms.ct import ct_volume_transforms  # noqa: E402
 from bundle.transforms.geometry import reorient_array  # noqa: E402
@@ -52,10 +52,6 @@ from bundle.transforms.geometry import reorient_array  # noqa: E402
 OUT_DIR = ROOT / "docs" / "benchmarks"
 _LOAD_START = list(os.getloadavg())  # at process start, before any work
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# A harness script that builds the official network from a checkout (not part of this repository): --harness PATH
-# or the MSA2NET_OFFICIAL_HARNESS environment variable.
-HARNESS = os.environ.get("MSA2NET_OFFICIAL_HARNESS", "")
-_OFFICIAL_NAME = {"released": "released", "paper": "dae_v1"}
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -865,13 +861,6 @@ def tensorrt(
 
 
 # ----------------------------------------------------------------------------------------------- side by side
-def _official(repo: str, variant: str, harness: str, seed: int):
-    spec = importlib.util.spec_from_file_location("official_msa2net_harness", harness)
-    h = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(h)
-    return h.build_model(repo, _OFFICIAL_NAME[variant], seed).eval()
-
-
 def side_by_side(
     variant: str = "paper",
     threads: int = 2,
@@ -879,21 +868,21 @@ def side_by_side(
     rounds: int = 10,
     optimised: str = "onnx,eager",
     official_repo: str = "",
-    harness: str = str(HARNESS),
     seed: int = 0,
     name: str = "",
 ) -> None:
     """Time implementations alternately in one process (order reversed every round); report ratios.
 
     Baseline ``ours_eager_fp32``: ``net.eval()`` under ``torch.no_grad()``, contiguous NCHW, nothing else.
-    With ``official_repo`` the official network is built by the harness and its weights converted into ours,
-    so every implementation computes the same function (max |Δ| to the baseline is reported).
+    With ``official_repo`` (an extracted checkout) the official network is built by ``bundle.networks.official`` and
+    its weights converted into ours, so every implementation computes the same function (max |Δ| to the baseline is
+    reported).
     """
 
     device = _setup(threads, "cpu")
     impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     if official_repo:
-        official = _official(official_repo, variant, harness, seed)
+        official = official_msa2net(official_repo, variant, seed).eval()
         state, _ = convert_official_state_dict(official.state_dict(), variant=variant)
     else:
         state = _build(variant, seed).state_dict()
