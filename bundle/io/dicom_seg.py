@@ -31,6 +31,7 @@ from bundle.errors import InputError
 from bundle.io.atomic import atomic_path
 from bundle.io.dicom_reader import dicom_record
 from bundle.io.provenance import file_sha256
+from bundle.io.volume import output_path
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ def segment_descriptions(labels: Sequence[int], names: Sequence[str], algorithm)
     out = []
     for number, value in enumerate(labels, start=1):
         name = names[value - 1] if value - 1 < len(names) else f"label_{value}"
-        code, meaning, side = SNOMED.get(name, (ANATOMICAL_STRUCTURE[0], ANATOMICAL_STRUCTURE[1], None))
-        if name not in SNOMED:
+        key = name.strip().lower().replace(" ", "_")  # "right kidney" and "right_kidney" name one organ
+        code, meaning, side = SNOMED.get(key, (ANATOMICAL_STRUCTURE[0], ANATOMICAL_STRUCTURE[1], None))
+        if key not in SNOMED:
             logger.warning(f"label {value} ({name}) has no SNOMED CT code here: coded as Anatomical Structure")
         desc = hd.seg.SegmentDescription(
             segment_number=number,
@@ -186,7 +188,8 @@ class SaveDicomSegd(MapTransform):
     Args:
         keys: prediction key (after ``Invertd``, as for the NIfTI writer).
         output_dir: destination folder.
-        label_names: names of labels 1..N (default: the 8 Synapse organs).
+        label_names: names of labels 1..N (the config's ``label_names``: Synapse's 8 organs for this bundle); a label
+            without a name is written as ``label_<value>``.
         ckpt_path: the checkpoint whose weights made the mask (named and hashed in the SEG).
         postfix: file name suffix.
         overwrite: replace an existing SEG.
@@ -201,16 +204,12 @@ class SaveDicomSegd(MapTransform):
         postfix: str = "seg",
         overwrite: bool = False,
     ) -> None:
-        from bundle.data.synapse import ORGANS
-
         super().__init__(keys)
         self.output_dir, self.postfix, self.overwrite = output_dir, postfix, overwrite
-        self.names = list(label_names) if label_names else list(ORGANS)
+        self.names = list(label_names or [])
         self.ckpt_path = str(ckpt_path) if ckpt_path and os.path.isfile(str(ckpt_path)) else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        from bundle.io.volume import output_path
-
         d = dict(data)
         for key in self.key_iterator(d):
             pred = d[key]
