@@ -9,11 +9,12 @@ the epoch number only, so a run resumed after epoch N draws what the uninterrupt
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 from monai.utils import set_determinism
+from torch.optim.lr_scheduler import PolynomialLR
 
 from bundle.errors import InputError
 
@@ -28,6 +29,31 @@ def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 20) -> flo
 def poly_iterations(epochs: int, epoch_length: int) -> int:
     """Total iterations of the per-iteration poly schedule (at least 1)."""
     return max(1, int(epochs) * int(epoch_length))
+
+
+class RunLengthPolynomialLR(PolynomialLR):
+    """``torch.optim.lr_scheduler.PolynomialLR`` whose length is always the current run's ``total_iters``.
+
+    A resumed run restores the scheduler's state, and torch's ``load_state_dict`` would also restore the first run's
+    ``total_iters``: a finished run extended with a larger ``--epochs`` then trains at lr 0. Here the restored
+    position (``last_epoch``) is kept and the length is this run's, so extending *stretches* the schedule: from the
+    resumed iteration on, the lr is the one a run planned for the new length from the start would have
+    (``base_lr · (1 − iteration / total_iters) ** power``). A plain resume (same ``--epochs``) changes nothing.
+
+    Same arguments as ``PolynomialLR``. Load the optimizer before the scheduler (``load_dict`` order in the configs):
+    the stretched lr is written into the optimizer's param groups.
+    """
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        total_iters = self.total_iters
+        super().load_state_dict(dict(state_dict))
+        if self.total_iters == total_iters:
+            return
+        self.total_iters = total_iters
+        done = min(self.last_epoch, total_iters)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * (1.0 - done / total_iters) ** self.power
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 class EpochSeed:
