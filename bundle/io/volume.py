@@ -220,16 +220,29 @@ class ValidateVolumed(MapTransform):
         if lshape != ishape:
             raise InputError(
                 f"label {name} has shape {lshape} but its image {img_name} has {ishape}: the label must be on the "
-                "image's grid; resample it onto the image (nearest neighbour) or pair the right files."
+                f"image's grid; resample it onto the image ({resample_label_command(name, img_name)}) or pair the "
+                "right files."
             )
         la, ia = getattr(lab, "affine", None), getattr(img, "affine", None)
         if la is not None and ia is not None:
             la, ia = np.asarray(la, dtype=np.float64), np.asarray(ia, dtype=np.float64)
             if not np.allclose(la, ia, rtol=1e-4, atol=1e-3):
-                raise InputError(
+                grid = (
                     f"label {name} has affine {np.round(la[:3], 3).tolist()} but its image {img_name} has "
-                    f"{np.round(ia[:3], 3).tolist()}: the label must be on the image's grid; resample it (nearest) "
-                    "or copy the image's header into it if only the header is wrong."
+                    f"{np.round(ia[:3], 3).tolist()}: the label must be on the image's grid; "
+                )
+                resample = (
+                    f"resample the label onto the image (nearest neighbour): {resample_label_command(name, img_name)}"
+                )
+                lcodes, icodes = "".join(nib.aff2axcodes(la)), "".join(nib.aff2axcodes(ia))
+                if lcodes != icodes:  # a header copy would mirror/transpose the label in the patient
+                    raise InputError(
+                        f"{grid}they are stored in different orientations (label {lcodes}, image {icodes}), so "
+                        f"{resample}; never copy the image's header into the label here, it would flip the label."
+                    )
+                raise InputError(
+                    f"{grid}{resample} (or, if the label is known to share the image's voxels and only "
+                    "its header is off, copy the image's header into it)."
                 )
         if self.num_classes is None:
             return
@@ -244,6 +257,17 @@ class ValidateVolumed(MapTransform):
                 f"label {name} has values {outside[:10]} outside 0..{self.num_classes - 1}: map raw BTCV ids to the 8 "
                 "Synapse organs with scripts/data/prepare_synapse.py btcv, or set --num_classes to match your labels."
             )
+
+
+def resample_label_command(label: str, image: str) -> str:
+    """A shell command that resamples ``label`` onto ``image``'s grid (nearest neighbour, SimpleITK, any format the
+    bundle reads) into ``<label>_resampled.nii.gz``: the fix offered when a label is on another grid."""
+    out = output_path(label, os.path.dirname(str(label)), "resampled")
+    code = (
+        f"import SimpleITK as sitk; sitk.WriteImage(sitk.Resample(sitk.ReadImage({str(label)!r}), "
+        f"sitk.ReadImage({str(image)!r}), sitk.Transform(), sitk.sitkNearestNeighbor, 0), {out!r})"
+    )
+    return f'python -c "{code}"'
 
 
 def _isnan(value) -> bool:

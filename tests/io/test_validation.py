@@ -128,7 +128,7 @@ def test_label_grid_and_values(tmp_path, case):
     moved = nib.load(lab).affine.copy()
     moved[0, 3] += 5.0
     _nii(tmp_path / "moved.nii.gz", arr, moved)
-    with pytest.raises(InputError, match=r"moved.nii.gz has affine .* resample it"):
+    with pytest.raises(InputError, match=r"moved.nii.gz has affine .* resample the label onto the image"):
         _load(img, tmp_path / "moved.nii.gz")
     raw = arr.copy()
     raw[0, 0, 0], raw[1, 0, 0] = 11, 13  # raw BTCV ids
@@ -138,6 +138,32 @@ def test_label_grid_and_values(tmp_path, case):
     _nii(tmp_path / "soft.nii.gz", arr.astype(np.float32) * 0.5, nib.load(lab).affine)
     with pytest.raises(InputError, match="non-integer values: resample labels with nearest"):
         _load(img, tmp_path / "soft.nii.gz")
+
+
+def test_label_in_another_orientation_gets_resampled_never_a_header_copy(tmp_path):
+    """Image stored LPS, its label LAS (same patient): copying the image's header into the label would flip it front
+    to back. The refusal offers only resampling, and the command it prints gives a label the bundle accepts, with
+    every organ where it was."""
+    from bundle.data.synthetic import write_synthetic_case
+
+    lps = np.diag([-0.8, -0.7, 3.0, 1.0])
+    img, lab = write_synthetic_case(str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct_lps_label.nii.gz"),
+                                    shape=(24, 20, 3), affine=lps)  # fmt: skip
+    labels = np.asarray(nib.load(lab).dataobj)
+    las = lps.copy()
+    las[1, 1], las[1, 3] = 0.7, -0.7 * (labels.shape[1] - 1)  # y axis reversed, same voxels in the world
+    flipped = _nii(tmp_path / "label_las.nii.gz", labels[:, ::-1].copy(), las)
+    assert "".join(nib.aff2axcodes(las)) == "LAS" and not np.array_equal(labels[:, ::-1], labels)
+    with pytest.raises(InputError) as err:
+        _load(img, flipped)
+    message = str(err.value)
+    assert "different orientations (label LAS, image LPS)" in message and "resample the label onto the image" in message
+    assert "copy the image's header into" not in message.replace("never copy the image's header into", "")
+    command = re.search(r'python -c "(.+?)"', message).group(1)
+    subprocess.run([sys.executable, "-c", command], check=True)
+    resampled = tmp_path / "label_las_resampled.nii.gz"
+    out = _load(img, resampled)
+    np.testing.assert_array_equal(np.asarray(out["label"])[0], np.asarray(_load(img, lab)["label"])[0])
 
 
 def test_nan_inf_sanitised_with_warning_or_refused(tmp_path):
