@@ -180,6 +180,15 @@ def _check_bool_overrides(pairs: Sequence[Tuple[str, Optional[str]]], config: An
             )
 
 
+def run_script(main: Any) -> Any:
+    """The entry point of every script under ``scripts/``: ``fire.Fire(main)`` with the one-line error hook, so a
+    script's :class:`InputError` ends as the CLI's do (one line, exit code 1), not as a traceback."""
+    import fire
+
+    install_error_hook()
+    return fire.Fire(main)
+
+
 def prepare_run() -> None:
     """First item of each config's ``run`` (custom code importable there): one-line errors, typo overrides refused."""
     install_error_hook()
