@@ -371,6 +371,34 @@ def test_cli_prints_one_clear_line(ct_dataset, tmp_path):
     assert proc.returncode == 1 and "InputError: unknown config id --epohcs" in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_bad_label_in_a_dataloader_worker_is_reported_once(ct_dataset, tmp_path):
+    """Evaluation with the default DataLoader workers and a label holding value 11: the message once, no worker
+    tracebacks (they used to fill ~200 lines, four times over, before the message)."""
+    from conftest import TinySegNet
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lab = nib.load(ct_dataset / "images" / "vol0_label.nii.gz")
+    bad = np.asarray(lab.dataobj).copy()
+    bad[0, 0, 0] = 11
+    _nii(data / "bad_label.nii.gz", bad, lab.affine)
+    case = {"image": str(ct_dataset / "images" / "vol0.nii.gz"), "label": str(data / "bad_label.nii.gz")}
+    (data / "dataset.json").write_text(json.dumps({"test": [case, case]}))
+    torch.save(TinySegNet().state_dict(), tmp_path / "tiny.pt")
+    (tmp_path / "tiny.yaml").write_text("network_def:\n  _target_: conftest.TinySegNet\n")
+    configs = f"['configs/train.yaml','configs/evaluate.yaml','{tmp_path / 'tiny.yaml'}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs, "--dataset_dir",
+           str(data), "--ckpt_path", str(tmp_path / "tiny.pt"), "--output_dir", str(tmp_path / "out"),
+           "--num_workers", "2", "--show_progress", "False"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and output.count("has values [11] outside 0..8") == 1, output[-3000:]
+    assert "Traceback" not in output and "DataLoader worker" not in output
+    assert proc.stderr.strip().splitlines()[-2].startswith("InputError: label ")
+
+
 def test_error_hook_prints_one_line_for_input_errors(capsys, monkeypatch):
     from bundle.errors import install_error_hook
 
