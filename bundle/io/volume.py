@@ -60,10 +60,34 @@ class LoadVolumed(LoadImaged):
                     break
             if cause is None:
                 raise InputError(f"{key} {path} does not exist: fix the path in the datalist or --input.") from None
+            if os.path.isdir(str(path)):
+                raise InputError(_unreadable_folder(key, str(path), cause)) from err
             raise InputError(
                 f"{key} {path} cannot be read ({type(cause).__name__}: {_root_message(cause)}): the file is truncated, "
                 "corrupt or not an image; re-export or re-copy it."
             ) from err
+
+
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _unreadable_folder(key: str, path: str, cause: BaseException) -> str:
+    """What a folder that does not load as a DICOM series holds, and what to give instead."""
+    files = sorted(f for f in os.listdir(path) if not f.startswith("."))
+    pictures = [f for f in files if f.lower().endswith(_PICTURE_SUFFIXES)]
+    if pictures:
+        kinds = sorted({os.path.splitext(f)[1].lower() for f in pictures})
+        return (
+            f"{key} {path} is a folder of {len(pictures)} 2D pictures ({'/'.join(kinds)}, e.g. {pictures[0]}), not "
+            "a DICOM series: this config segments CT volumes (NIfTI/NRRD/MHA files or a DICOM series folder); stack "
+            "CT slices into one volume, or segment 2D images with the ISIC2018 overlay configs/isic2018/inference.yaml "
+            "(dermoscopy) or with configs/microscopy/inference.yaml."
+        )
+    return (
+        f"{key} {path} is a folder ({len(files)} entries, e.g. {', '.join(files[:3]) or 'none'}) that does not load "
+        f"as a DICOM series ({type(cause).__name__}: {_root_message(cause)}): give a volume file, or a folder holding "
+        "the .dcm files of one series."
+    )
 
 
 def _root_message(err: BaseException) -> str:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import fire
 import nibabel as nib
 import numpy as np
 
@@ -23,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo  # noqa: E402
 from bundle.data.synapse import ORGANS, remap_labels  # noqa: E402
-from bundle.errors import InputError  # noqa: E402
+from bundle.errors import InputError, run_script  # noqa: E402
 from bundle.evaluation.plots import ORGAN_COLORS, orientation_letters  # noqa: E402
 from bundle.transforms.geometry import reorient_array  # noqa: E402
 
@@ -286,4 +285,4 @@ def _dicom_ct(folder: str) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

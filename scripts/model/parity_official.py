@@ -22,10 +22,10 @@ import os
 import sys
 from pathlib import Path
 
-import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bundle.errors import run_script  # noqa: E402
 from bundle.networks import MSA2Net  # noqa: E402
 from bundle.networks.convert import convert_official_state_dict  # noqa: E402
 
@@ -108,4 +108,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

@@ -110,3 +110,36 @@ def test_demo_rejects_wrong_hash(tmp_path):
     fake.write_bytes(b"not the sdist")
     with pytest.raises(ValueError, match="sha256"):
         fetch_sdist(str(tmp_path), str(fake))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["prepare_synapse.py", "btcv", "--src", "{missing}"],
+        ["prepare_synapse.py", "transunet", "--src", "{missing}"],
+        ["prepare_isic2018.py", "--src", "{missing}"],
+        ["prepare_microscopy.py", "glas", "--src", "{missing}"],
+        ["prepare_microscopy.py", "monuseg", "--train", "{missing}"],
+        ["prepare_microscopy.py", "uctransnet", "--src", "{missing}"],
+    ],
+    ids=lambda c: "_".join(c[:2]).replace(".py", ""),
+)
+def test_data_scripts_refuse_bad_input_in_one_line(tmp_path, command):
+    """The preparation scripts share the CLI's error handling (bundle.errors.run_script): one InputError line naming
+    the folder, exit code 1, no traceback (they printed ~24 lines of one)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [a.format(missing=tmp_path / "missing") for a in command]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "data", args[0]), *args[1:], "--dst", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("InputError: ")]
+    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0], proc.stderr[-2000:]

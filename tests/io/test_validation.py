@@ -105,6 +105,21 @@ def test_corrupt_and_truncated_nifti(tmp_path, case):
         _load(case[0], tmp_path / "missing.nii.gz")
 
 
+def test_a_folder_of_pictures_is_named_for_what_it_is(tmp_path):
+    """A folder of PNGs given to the CT config is neither "truncated" nor "corrupt": it is 2D pictures."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / f"slice{i}.png")
+    with pytest.raises(InputError) as err:
+        _load(folder)
+    message = str(err.value)
+    assert re.search(
+        r"image .*slices is a folder of 3 2D pictures \(.png, e.g. slice0.png\), not a DICOM series", message
+    )
+    assert "configs/isic2018/inference.yaml" in message and "truncated" not in message
+
+
 def test_2d_4d_multichannel_and_rgb(tmp_path):
     with pytest.raises(InputError, match=r"is 2D \(24, 20\): a 3D CT volume"):
         _load(_nii(tmp_path / "a.nii.gz", np.zeros((24, 20), np.float32)))
