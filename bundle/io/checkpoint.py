@@ -27,8 +27,9 @@ def read_checkpoint(path: str, map_location=None, mmap: bool = False) -> Any:
     """
     if not os.path.isfile(str(path)):
         raise InputError(
-            f"checkpoint {path} does not exist: train first (configs/train.yaml writes models/model.pt), or give an "
-            "existing file with --ckpt_path (official weights: scripts/model/convert_official.py)."
+            f"checkpoint {path} does not exist: give an existing file with --ckpt_path (a training run writes its "
+            "best model to <output_dir>/model.pt, and with --publish_model True also to models/; official weights: "
+            "scripts/model/convert_official.py)."
         )
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)

@@ -74,4 +74,4 @@ def test_engine_input_error_printed_once_without_traceback(folder_run):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("InputError: ")]
     assert len(errors) == 1 and "set --num_classes 9" in errors[0]
     proc = run(folder=("--input", str(src / "a.nii.gz")), ckpt="missing.pt")
-    assert proc.returncode == 1 and (proc.stdout + proc.stderr).count("does not exist: train first") == 1
+    assert proc.returncode == 1 and (proc.stdout + proc.stderr).count("does not exist: give an existing file") == 1

@@ -297,7 +297,7 @@ def test_checkpoint_class_count_network_and_garbage(tmp_path):
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(InputError, match=r"notes.pt is not a PyTorch checkpoint"):
         check_checkpoint(str(tmp_path / "notes.pt"), {"model": _Net()})
-    with pytest.raises(InputError, match=r"absent.pt does not exist: train first"):
+    with pytest.raises(InputError, match=r"absent.pt does not exist: give an existing file"):
         check_checkpoint(str(tmp_path / "absent.pt"), {"model": _Net()})
     torch.save(_Net().state_dict(), tmp_path / "best.pt")  # bare state dict: fine for the model, not for resume
     assert set(check_checkpoint(str(tmp_path / "best.pt"), {"model": _Net()})) == {"model"}

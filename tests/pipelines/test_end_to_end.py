@@ -264,3 +264,28 @@ def test_inference_memory_flat_over_many_cases(tmp_path):
     print(f"RSS per case (MB): first {rss[0]:.1f}, cases 11-20 median {settled:.1f}, last 10 median {last:.1f}")
     assert last - settled < 25.0, rss
     assert not all(b > a for a, b in zip(rss[20:], rss[21:])), rss
+
+
+@pytest.mark.slow
+def test_each_run_keeps_its_best_model_and_publishes_only_when_told(ct_dataset, tmp_path):
+    """Two runs into two output folders keep two best models; models/model.pt (what inference.yaml reads) is written
+    only by the run given --publish_model True, and holds that run's best model."""
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("network_def:\n  _target_: conftest.TinySegNet\n")
+    env = dict(_env(), PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+
+    def train(name, *extra):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+               f"['configs/train.yaml','{tiny}']", "--bundle_root", str(tmp_path), "--dataset_dir", str(ct_dataset),
+               "--output_dir", str(tmp_path / "runs" / name), "--roi_size", "[32,32]", *TINY, *extra]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    train("a")
+    assert (tmp_path / "runs" / "a" / "model.pt").is_file() and not (tmp_path / "models").exists()
+    train("b", "--seed", "7", "--publish_model", "True")
+    published = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    a, b = (torch.load(tmp_path / "runs" / n / "model.pt", map_location="cpu", weights_only=True) for n in "ab")
+    assert set(published) == {"model", "geometry"}
+    assert all(torch.equal(published["model"][k], v) for k, v in b["model"].items())
+    assert not all(torch.equal(a["model"][k], v) for k, v in b["model"].items())  # run a's file was not replaced
