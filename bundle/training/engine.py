@@ -92,17 +92,30 @@ def _keep(filename: str) -> None:
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI ``CheckpointSaver`` whose files are written to a temporary name in ``save_dir`` and renamed.
+    """MONAI ``CheckpointSaver`` whose files are written to a temporary name in ``save_dir`` and renamed, and whose
+    interval checkpoints are removed once a completed run has written its final one.
 
     MONAI 1.6.1 builds Ignite's ``DiskSaver`` with ``atomic=False`` (for group-read permissions, which Ignite's
     atomic path also sets), so a kill during ``torch.save`` leaves a truncated ``checkpoint_*.pt``; this turns the
     atomic path back on. Ignite deletes the oldest file *before* writing the next one: for fixed names (best model,
     final checkpoint) that deletion is skipped (the rename replaces the file), and interval checkpoints need
-    ``n_saved ≥ 2`` so that one complete file always exists. Same arguments as ``CheckpointSaver``.
+    ``n_saved ≥ 2`` so that one complete file always exists.
+
+    Disk: a training checkpoint holds the weights and the optimizer state (MSA²Net ``paper`` with SGD momentum:
+    614 MB), so a run holds at most ``n_saved`` interval files plus the final one while it trains; when it completes,
+    the final checkpoint holds everything the interval files held (resume reads the newest), so they are deleted
+    (``keep_interval_after_final=False``): a finished run keeps one training checkpoint, not three. A run that
+    ends by an exception keeps them.
+
+    Args:
+        args: as ``CheckpointSaver``.
+        keep_interval_after_final: keep the interval checkpoints after the final one of a completed run.
+        kwargs: as ``CheckpointSaver``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, keep_interval_after_final: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.keep_interval_after_final = bool(keep_interval_after_final)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler._atomic = True
@@ -110,3 +123,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
                     # fixed name (best model, final): the atomic replace is the removal; deleting first would
                     # leave no file if the process died during the save
                     ckpt.save_handler.remove = _keep
+
+    def completed(self, engine: Any) -> None:
+        super().completed(engine)  # the final checkpoint, written atomically
+        interval = self._interval_checkpoint
+        if interval is None or self.keep_interval_after_final:
+            return
+        for item in list(interval._saved):
+            interval.save_handler.remove(item.filename)
+        interval._saved.clear()

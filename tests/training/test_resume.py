@@ -202,3 +202,38 @@ def test_resume_with_more_epochs_trains_the_extra_epochs(ct_dataset, tmp_path):
     assert moved > 1e-4, moved  # at lr 0 (torch's restored schedule) every weight stays exactly where it was
     assert second["trainer"]["iteration"] == 12
     assert second["lr_scheduler"]["total_iters"] == 12 and second["lr_scheduler"]["last_epoch"] == 12
+
+
+def test_a_completed_run_keeps_one_training_checkpoint(tmp_path):
+    """Interval checkpoints (n_saved 2) + the final one: 3 files of weights + optimizer state (614 MB each for
+    MSA²Net) after a finished run; the final one holds the same state, so the interval files go once it is written.
+    A run that ends by an exception keeps them."""
+    from ignite.engine import Engine
+
+    from bundle.training.engine import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def run(folder, fail_at=None):
+        def step(engine, batch):
+            if engine.state.epoch == fail_at:
+                raise RuntimeError("killed")
+
+        engine = Engine(step)
+        saver = AtomicCheckpointSaver(str(folder), {"model": net, "optimizer": opt}, save_interval=1, n_saved=2,
+                                      epoch_level=True, save_final=True, final_filename="checkpoint_final.pt")  # fmt: skip
+        saver.attach(engine)
+        engine.run([0, 1], max_epochs=3)
+        return sorted(os.listdir(folder))
+
+    assert run(tmp_path / "done") == ["checkpoint_final.pt"]
+    final = torch.load(tmp_path / "done" / "checkpoint_final.pt", weights_only=True)
+    assert set(final) == {"model", "optimizer"}
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "failed", fail_at=3)
+    assert sorted(os.listdir(tmp_path / "failed")) == [
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=2.pt",
+        "checkpoint_final.pt",
+    ]
