@@ -130,7 +130,7 @@ def test_ddp_gloo_two_processes(ct_dataset, tmp_path):
     ]
     log = _bundle(args, launcher=(torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"))
     assert "Epoch: 1/1, Iter: 2/2" in log
-    assert (out / "model.pt").exists() and glob.glob(str(out / "checkpoints" / "checkpoint_epoch=1.pt"))
+    assert (out / "model.pt").exists() and glob.glob(str(out / "checkpoints" / "checkpoint_final.pt"))
     state = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("module.") for k in state)  # rank 0 saved the unwrapped network
 
