@@ -148,16 +148,12 @@ def _sa2net_options(state: Mapping[str, torch.Tensor], expected: Mapping[str, to
     differ from the config's network; ``""`` when either side is not an SA2-Net."""
     if not all(k in d for d in (state, expected) for k in (_SA2NET_STEM, _SA2NET_HEAD)):
         return ""
-    got = {
-        "base_channels": state[_SA2NET_STEM].shape[0],
-        "in_channels": state[_SA2NET_STEM].shape[1],
-        "num_classes": state[_SA2NET_HEAD].shape[0],
-    }
-    want = {
-        "base_channels": expected[_SA2NET_STEM].shape[0],
-        "in_channels": expected[_SA2NET_STEM].shape[1],
-        "num_classes": expected[_SA2NET_HEAD].shape[0],
-    }
+
+    def options(d: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+        stem, head = d[_SA2NET_STEM].shape, d[_SA2NET_HEAD].shape
+        return {"base_channels": stem[0], "in_channels": stem[1], "num_classes": head[0]}
+
+    got, want = options(state), options(expected)
     return " ".join(f"--{k} {v}" for k, v in got.items() if v != want[k])
 
 
