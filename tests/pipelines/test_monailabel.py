@@ -66,7 +66,7 @@ def test_metadata_names_monai_label():
 
 
 def test_layout_refuses_a_missing_checkpoint(tmp_path):
-    with pytest.raises(InputError, match=r"checkpoint .*nope.pt does not exist: give an existing file"):
+    with pytest.raises(InputError, match=r"checkpoint .*nope.pt does not exist: train first"):
         app.layout(str(tmp_path / "app"), ckpt=str(tmp_path / "nope.pt"))
     assert not (tmp_path / "app").exists()
 
