@@ -35,7 +35,8 @@ def root_input_error(err: BaseException) -> Optional[str]:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, InputError):
+        worker = "\nOriginal Traceback" in str(err)  # re-raised from a DataLoader worker: its traceback is the text
+        if isinstance(err, InputError) and not worker:
             return str(err)
         match = re.search(r"(?:bundle\.errors\.)?InputError: (.+)", str(err))
         if match:
@@ -48,35 +49,47 @@ def _quiet() -> bool:
     return os.environ.get("MSA2NET_TRACEBACK", "0") in ("", "0")
 
 
-class _InputErrorTracebackFilter(logging.Filter):
-    """Drops the traceback from log records of exceptions that carry an :class:`InputError` (message kept).
+class _InputErrorLogFilter(logging.Filter):
+    """Drops the log records that repeat an exception carrying an :class:`InputError` (the hook prints it once).
 
-    MONAI's ``StatsHandler`` logs every exception raised inside an engine with ``logger.exception`` before the
-    error hook prints the one line, so a bad checkpoint or a folder run with failed cases showed a traceback anyway.
+    Before the error reaches the exception hook, MONAI's ``StatsHandler`` logs it with ``logger.exception`` and
+    Ignite's ``Engine`` logs "… is terminating due to exception: …" once per engine (evaluator inside trainer: twice);
+    an error raised in a DataLoader worker carries the worker's whole traceback in its text. So one bad label printed
+    ~200 lines and a missing checkpoint three times. Records the bundle logs while it handles a case (a skipped case
+    in a folder run) are kept.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not _quiet():
+            return True
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _quiet() and root_input_error(exc) is not None:
-            record.exc_info, record.exc_text = None, None
+        if exc is not None and root_input_error(exc) is not None:
+            return False
+        if record.levelno >= logging.ERROR and "is terminating due to exception: " in str(record.msg):
+            handling = sys.exc_info()[1]  # Ignite logs inside its `except` block
+            return handling is None or root_input_error(handling) is None
         return True
 
 
-# loggers that log engine exceptions with their traceback: StatsHandler's default name, and the root logger
-_TRACEBACK_LOGGERS = ("monai.handlers.StatsHandler", "")
+# loggers that log engine exceptions: StatsHandler's default name, Ignite's engines, and the root logger
+_ENGINE_LOGGERS = ("monai.handlers.StatsHandler", "ignite", "")
 
 
 def install_error_hook() -> None:
     """Uncaught exceptions that carry an :class:`InputError` print ``InputError: <message>`` only (exit code 1).
 
-    Also keeps the tracebacks of such exceptions out of the logs of MONAI's ``StatsHandler``. Set
-    ``MSA2NET_TRACEBACK=1`` for the full traceback (in the logs and at exit).
+    Also keeps the log records that repeat such an exception (MONAI's ``StatsHandler``, Ignite's engines, DataLoader
+    worker tracebacks) out of the logs, so the message appears once. Set ``MSA2NET_TRACEBACK=1`` for the full
+    traceback (in the logs and at exit).
     """
-    for name in _TRACEBACK_LOGGERS:
+    for name in _ENGINE_LOGGERS:
         # set up as StatsHandler sets its logger up (its own stdout handler), which a plain getLogger would prevent
-        log = get_logger(name) if name and name not in logging.root.manager.loggerDict else logging.getLogger(name)
-        if not any(isinstance(f, _InputErrorTracebackFilter) for f in log.filters):
-            log.addFilter(_InputErrorTracebackFilter())
+        log = get_logger(name) if name == _ENGINE_LOGGERS[0] and name not in logging.root.manager.loggerDict else None
+        log = log or logging.getLogger(name)
+        # a logger's filter sees only records logged on it; its handlers' filters also see those of child loggers
+        for target in (log, *log.handlers):
+            if not any(isinstance(f, _InputErrorLogFilter) for f in target.filters):
+                target.addFilter(_InputErrorLogFilter())
     if getattr(sys.excepthook, "_msa2net", False):
         return
     previous = sys.excepthook
@@ -178,6 +191,15 @@ def _check_bool_overrides(pairs: Sequence[Tuple[str, Optional[str]]], config: An
                 f"--{raw} {value} (in {files}'s boolean {raw!r}): monai.bundle reads only True/False as booleans and "
                 f"would take {value!r} as a non-empty string, i.e. true; write --{raw} {fix}."
             )
+
+
+def run_script(main: Any) -> Any:
+    """The entry point of every script under ``scripts/``: ``fire.Fire(main)`` with the one-line error hook, so a
+    script's :class:`InputError` ends as the CLI's do (one line, exit code 1), not as a traceback."""
+    import fire
+
+    install_error_hook()
+    return fire.Fire(main)
 
 
 def prepare_run() -> None:

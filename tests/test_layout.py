@@ -79,3 +79,23 @@ def test_no_reference_to_files_outside_the_repository():
                 if pattern.search(open(path, encoding="utf-8", errors="replace").read()):
                     offenders.append(os.path.relpath(path, ROOT))
     assert offenders == []
+
+
+SCRIPTS = sorted(
+    os.path.relpath(os.path.join(folder, name), ROOT)
+    for folder, _, files in os.walk(os.path.join(ROOT, "scripts"))
+    for name in files
+    if name.endswith(".py")
+)
+
+
+@pytest.mark.parametrize("relpath", SCRIPTS)
+def test_command_line_scripts_share_the_clis_error_handling(relpath):
+    """A script run as a command prints bad input as one InputError line: through bundle.errors.run_script (fire
+    with the error hook) or, for an argparse script, the hook installed first; never a bare fire.Fire."""
+    source = open(os.path.join(ROOT, relpath), encoding="utf-8").read()
+    parts = source.split('if __name__ == "__main__":')
+    if len(parts) < 2:
+        pytest.skip("not a command")
+    assert "fire.Fire(" not in source, f"{relpath}: use bundle.errors.run_script(main) under __main__"
+    assert "run_script(" in parts[-1] or "install_error_hook()" in source, f"{relpath}: no one-line error handling"

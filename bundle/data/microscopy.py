@@ -355,7 +355,7 @@ def fold_items(
     Returns:
         A list of ``{"image", "label"}`` dicts.
     """
-    data = read_datalist(datalist)
+    data = read_datalist(datalist, "scripts/data/prepare_microscopy.py")
     root = base_dir or os.path.dirname(os.path.abspath(datalist))
     num_folds = int(data.get("num_folds", 0))
     if section not in ("training", "validation", "test"):
@@ -387,7 +387,7 @@ def fold_items(
 
 def write_fold_files(datalist: str, out_dir: Optional[str] = None) -> List[str]:
     """Writes ``val_fold_<k>.txt`` (one image name per line, as the official driver) for the record."""
-    data = read_datalist(datalist)
+    data = read_datalist(datalist, "scripts/data/prepare_microscopy.py")
     out_dir = out_dir or os.path.dirname(os.path.abspath(datalist))
     paths = []
     for k in range(int(data["num_folds"])):

@@ -111,16 +111,19 @@ class SegmentationReport(ReportHandler):
         output_dir: where the report files go.
         pred_key: key of the prediction in each output dict.
         label_key: key of the ground truth.
-        labels: organ label ids (default 1..8).
-        class_names: one name per label (default the Synapse organs).
+        labels: organ label ids (default 1..8; the configs pass ``1..num_classes-1``).
+        class_names: one name per label (default the Synapse organs; the configs pass ``label_names``).
         nsd_tolerance_mm: NSD tolerance.
         paper: row printed beside ours in ``table1.md`` (default the MSA²Net Table 1 row; ``None`` to omit).
-            Only used when ``labels`` are the 8 Synapse organs.
+            Only used when ``labels`` and ``class_names`` are the 8 Synapse organs.
         extra_pred_keys: post-processed predictions scored beside the raw one, ``{row name: output key}``
             (e.g. ``{"LCC": "pred_lcc"}``); each gets its own rows in every table (column ``postprocess`` in the
             CSV, ``postprocessed`` in the JSON) and ``protocol_mean_dice_<name>`` in the engine's metrics.
         run_info: what was evaluated (e.g. resampling, TTA, checkpoints), written to ``summary.json`` ("run") and
             printed above the tables.
+
+    Raises:
+        InputError: ``class_names`` does not name every label.
     """
 
     def __init__(
@@ -138,11 +141,16 @@ class SegmentationReport(ReportHandler):
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key = pred_key, label_key
         self.labels = [int(c) for c in labels]
-        self.class_names = list(class_names)
+        self.class_names = [str(n) for n in class_names]
         if len(self.labels) != len(self.class_names):
-            raise ValueError(f"labels and class_names must have the same length, got {self.labels} and {class_names}")
+            raise InputError(
+                f"the report scores {len(self.labels)} organ label(s) {self.labels[:10]} (labels 1..num_classes-1) "
+                f"but label_names lists {len(self.class_names)} ({', '.join(self.class_names[:10])}): give one name "
+                "per label, e.g. --label_names \"['liver']\" for --num_classes 2."
+            )
         self.nsd_tolerance_mm = float(nsd_tolerance_mm)
-        self.paper = paper if self.labels == list(range(1, 9)) else None
+        synapse = self.labels == list(range(1, 9)) and tuple(self.class_names) == tuple(SYNAPSE_CLASSES)
+        self.paper = paper if synapse else None  # the paper's row only beside the organs it reports
         self.extra_pred_keys = {str(k): v for k, v in (extra_pred_keys or {}).items()}
         if "raw" in self.extra_pred_keys:
             raise ValueError("SegmentationReport: 'raw' names the unprocessed prediction; pick another row name")

@@ -13,7 +13,7 @@ from typing import Any, Dict, Sequence
 import numpy as np  # noqa: E402
 
 from bundle.errors import InputError
-from bundle.evaluation.metrics import summarize_clinical, summarize_protocol
+from bundle.evaluation.metrics import SYNAPSE_CLASSES, summarize_clinical, summarize_protocol
 from bundle.io.atomic import atomic_write_text
 
 # MSA²Net row of the paper's Table 1 (Synapse, protocol mode): per-organ DSC (%), mean DSC (%), mean HD95 (voxels).
@@ -127,16 +127,31 @@ def write_tables(
     return summary
 
 
+def _protocol_rules(summary: dict) -> str:
+    """The protocol's two rules for organs missing on one side, and how many case-organ pairs each touched here."""
+    organs = summary["clinical"]["per_organ"].values()
+    count = {k: sum(int(v[k]) for v in organs) for k in ("n_false_positive", "n_missed", "n_absent")}
+    total = summary["num_cases"] * len(summary["clinical"]["per_organ"])
+    return (
+        "DSC in %, HD95 in **voxels**, by the TransUNet/MSA²Net rules (kept so the numbers compare with the paper): "
+        "an organ the prediction misses scores DSC 0, HD95 0, and so does an organ absent from both the reference "
+        "and the prediction; an organ **predicted but absent from the reference scores DSC 100 %**, HD95 0 (the "
+        f"official code's rule). Here, of {total} case-organ pairs: {count['n_false_positive']} predicted but absent "
+        f"(scored 100 %), {count['n_missed']} missed, {count['n_absent']} absent from both (scored 0). The clinical "
+        "tables below score a predicted-but-absent organ DSC 0 and leave organs absent from both out.\n"
+    )
+
+
 def _markdown(summary: dict, class_names, paper) -> str:
-    cols = list(TABLE1_COLUMNS) if len(class_names) == len(TABLE1_COLUMNS) else list(class_names)
+    synapse = tuple(class_names) == tuple(SYNAPSE_CLASSES)
+    cols = list(TABLE1_COLUMNS) if synapse else list(class_names)
     post = summary.get("postprocessed") or {}
     # (row label, summary blocks): "raw" is only spelled out when post-processed rows stand beside it
     sets = [("raw" if post else "", summary)] + list(post.items())
     head = "| Method | " + " | ".join(cols) + " | DSC ↑ | HD95 ↓ |\n|---" + "|---:" * (len(cols) + 2) + "|\n"
     lines = [
-        f"## Synapse, protocol mode ({summary['num_cases']} cases)\n",
-        "DSC in %, HD95 in **voxels**; TransUNet/MSA²Net rule (missed organ -> DSC 0, HD95 0). Same layout as the "
-        "paper's Table 1.\n",
+        f"## {'Synapse, p' if synapse else 'P'}rotocol mode ({summary['num_cases']} cases)\n",
+        _protocol_rules(summary) + (" Same layout as the paper's Table 1.\n" if synapse else ""),
     ]
     if summary.get("run"):
         lines.append("Evaluated: " + ", ".join(f"{k} = {v}" for k, v in summary["run"].items()) + ".\n")

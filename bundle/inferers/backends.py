@@ -86,6 +86,39 @@ def _weights_key(net: nn.Module, example: torch.Tensor) -> str:
     return h.hexdigest()[:20]
 
 
+# Exports kept in the cache (one per set of weights: ~300 MB for MSA²Net `paper`), least recently used evicted first
+DEFAULT_CACHE_FILES = 4
+
+
+def cache_limit() -> int:
+    """How many exports the ONNX cache keeps: ``$MSA2NET_ONNX_CACHE_FILES`` (default 4, about 1.2 GB for MSA²Net)."""
+    value = os.environ.get("MSA2NET_ONNX_CACHE_FILES", str(DEFAULT_CACHE_FILES))
+    try:
+        return max(1, int(value))
+    except ValueError:
+        logger.warning("MSA2NET_ONNX_CACHE_FILES=%r is not a number; keeping %d exports.", value, DEFAULT_CACHE_FILES)
+        return DEFAULT_CACHE_FILES
+
+
+def evict_cache(cache: Union[str, os.PathLike], keep: int, pattern: str = "msa2net_*.onnx") -> list:
+    """Deletes all but the ``keep`` most recently used exports in ``cache`` (modification time; a cache hit touches
+    its file); returns the deleted paths. Files another process removes meanwhile are skipped."""
+    files = []
+    for path in Path(cache).glob(pattern):
+        try:
+            files.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    removed = []
+    for _, path in sorted(files, reverse=True)[keep:]:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def export_onnx(net: nn.Module, path: Union[str, os.PathLike], example: torch.Tensor, opset: int = 17) -> Path:
     """Export ``net`` (eval, CPU, fp32) to ONNX with a dynamic batch axis; returns the path.
 
@@ -120,7 +153,8 @@ class OnnxInference(nn.Module):
         net: the network; exported to ONNX (or a cached export with the same weights is reused).
         in_channels: input channels of ``net``.
         img_size: slice size the network accepts.
-        cache_dir: where exported files are kept (default: ``$MSA2NET_ONNX_CACHE`` or the system temp dir).
+        cache_dir: where exported files are kept (default: ``$MSA2NET_ONNX_CACHE`` or the system temp dir); the
+            :func:`cache_limit` most recently used ones stay, older ones are deleted after each new export.
         num_threads: ORT intra-op threads (default ``torch.get_num_threads()``).
     """
 
@@ -139,9 +173,13 @@ class OnnxInference(nn.Module):
         example = torch.randn(2, in_channels, img_size, img_size)
         cache = Path(cache_dir or os.environ.get("MSA2NET_ONNX_CACHE", Path(tempfile.gettempdir()) / "msa2net_onnx"))
         path = cache / f"msa2net_{_weights_key(net, example)}.onnx"
-        if not path.is_file():
+        if path.is_file():
+            os.utime(path)  # most recently used: evicted last
+        else:
             logger.info("Exporting the network to ONNX: %s", path)
             export_onnx(net, path, example)
+            for old in evict_cache(cache, cache_limit()):
+                logger.info("ONNX cache holds %d exports at most: removed %s", cache_limit(), old)
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
         options.inter_op_num_threads = 1

@@ -15,11 +15,14 @@ import torch
 from torch import nn
 
 from bundle.errors import InputError
-from bundle.io.checkpoint import check_checkpoint
+from bundle.io.checkpoint import TrainedSettings, check_checkpoint
 
 
 def load_checkpoints(
-    network: torch.nn.Module, ckpt_paths: Optional[Sequence[str]], map_location: Union[str, torch.device, None] = None
+    network: torch.nn.Module,
+    ckpt_paths: Optional[Sequence[str]],
+    map_location: Union[str, torch.device, None] = None,
+    settings: Optional[TrainedSettings] = None,
 ) -> List[torch.nn.Module]:
     """One eval-mode copy of ``network`` per checkpoint (folds/seeds), for :class:`AxialSliceInferer` ``networks``.
 
@@ -30,9 +33,14 @@ def load_checkpoints(
         network: the instantiated network (architecture and device are copied from it; its weights are unchanged).
         ckpt_paths: checkpoint files; ``None`` or empty returns ``[]`` (the engine's own network is used).
         map_location: ``torch.load`` map location (the config's ``@device``).
+        settings: the run's :class:`~bundle.io.checkpoint.TrainedSettings`; each checkpoint that saved its own is
+            refused when they differ, before its weights are compared.
 
     Returns:
         The loaded copies, in ``ckpt_paths`` order.
+
+    Raises:
+        InputError: a missing file, other settings, or weights of another network.
     """
     if isinstance(ckpt_paths, str):
         ckpt_paths = [ckpt_paths]
@@ -45,6 +53,8 @@ def load_checkpoints(
                 "use ckpt_path."
             )
 
+        if settings is not None:
+            settings.check(str(path))
         # bare or training checkpoint; refused (InputError) if for another network, variant or class count
         state = check_checkpoint(str(path), {"model": network}, map_location)["model"]
         member = copy.deepcopy(network)
@@ -84,13 +94,16 @@ class ProbabilityEnsemble(nn.Module):
         return total / len(self.members)
 
 
-def load_ensemble(network_def: nn.Module, ckpt_paths, device=None) -> ProbabilityEnsemble:
+def load_ensemble(
+    network_def: nn.Module, ckpt_paths, device=None, settings: Optional[TrainedSettings] = None
+) -> ProbabilityEnsemble:
     """:func:`load_checkpoints` wrapped as one :class:`ProbabilityEnsemble` module (the 2D pipelines' network).
 
     Args:
         network_def: the (untrained) network of the config.
         ckpt_paths: a checkpoint path or a list of them (e.g. the five folds' ``model.pt``).
         device: where to put the ensemble.
+        settings: the run's settings, checked against each checkpoint's (see :func:`load_checkpoints`).
     """
     paths = [ckpt_paths] if isinstance(ckpt_paths, (str, os.PathLike)) else list(ckpt_paths or [])
     if not paths:
@@ -98,5 +111,5 @@ def load_ensemble(network_def: nn.Module, ckpt_paths, device=None) -> Probabilit
             "no checkpoint given; set ckpt_paths to a model.pt or a list of fold models "
             "(e.g. --ckpt_paths \"\\$sorted(glob.glob('runs/microscopy/fold*/model.pt'))\")."
         )
-    ensemble = ProbabilityEnsemble(load_checkpoints(network_def, [str(p) for p in paths], "cpu")).eval()
+    ensemble = ProbabilityEnsemble(load_checkpoints(network_def, [str(p) for p in paths], "cpu", settings)).eval()
     return ensemble.to(device) if device is not None else ensemble

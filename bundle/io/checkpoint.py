@@ -27,8 +27,9 @@ def read_checkpoint(path: str, map_location=None, mmap: bool = False) -> Any:
     """
     if not os.path.isfile(str(path)):
         raise InputError(
-            f"checkpoint {path} does not exist: train first (configs/train.yaml writes models/model.pt), or give an "
-            "existing file with --ckpt_path (official weights: scripts/model/convert_official.py)."
+            f"checkpoint {path} does not exist: give an existing file with --ckpt_path (a training run writes its "
+            "best model to <output_dir>/model.pt, and with --publish_model True also to models/; official weights: "
+            "scripts/model/convert_official.py)."
         )
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
@@ -125,6 +126,12 @@ def _check_state(path: str, state: Any, net: torch.nn.Module) -> None:
             f"checkpoint {path} expects {got[1]} input channels but the config builds {want[1]} ({what}): set "
             f"--in_channels {got[1]} (1 for CT, 3 for RGB) or give a matching checkpoint."
         )
+    sa2net = _sa2net_options(state, expected)
+    if sa2net:
+        raise InputError(
+            f"checkpoint {path} is an SA2-Net built with other settings than the config's ({what}): set {sa2net} "
+            "(the values the checkpoint was trained with), or give a checkpoint of the config's network."
+        )
     raise InputError(
         f"checkpoint {path} is for another network or variant than the config's {what}: "
         f"{'; '.join(state_dict_mismatch(expected, state))}. "
@@ -132,9 +139,84 @@ def _check_state(path: str, state: Any, net: torch.nn.Module) -> None:
     )
 
 
+# SA2-Net's stem convolution (base_channels, in_channels, 3, 3) and 1×1 head (out_channels, base_channels, 1, 1)
+_SA2NET_STEM, _SA2NET_HEAD = "encoder.0.conv.weight", "head.weight"
+
+
+def _sa2net_options(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
+    """``--base_channels C --in_channels I --num_classes K`` read from an SA2-Net state dict, for the options that
+    differ from the config's network; ``""`` when either side is not an SA2-Net."""
+    if not all(k in d for d in (state, expected) for k in (_SA2NET_STEM, _SA2NET_HEAD)):
+        return ""
+
+    def options(d: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+        stem, head = d[_SA2NET_STEM].shape, d[_SA2NET_HEAD].shape
+        return {"base_channels": stem[0], "in_channels": stem[1], "num_classes": head[0]}
+
+    got, want = options(state), options(expected)
+    return " ".join(f"--{k} {v}" for k, v in got.items() if v != want[k])
+
+
 def _describe(net: torch.nn.Module) -> str:
     variant = getattr(getattr(net, "config", None), "name", None) or getattr(net, "variant", None)
     return type(net).__name__ + (f" variant={variant!r}" if variant else "")
+
+
+class TrainedSettings:
+    """The config values a checkpoint's weights must be applied with (microscopy: network, width, channels, classes,
+    input mode, size, normalisation), saved in every checkpoint beside the weights (``"settings"`` entry).
+
+    Has ``state_dict`` / ``load_state_dict``, so it goes into a ``CheckpointSaver``'s ``save_dict`` (and a resume's
+    ``load_dict``: resuming with other values is refused). :meth:`check` compares a checkpoint file's entry with
+    these values before its weights are loaded, so inference run with other settings (another ``--input_mode``
+    scored 0.881 instead of 0.910 without a word) is refused with the options to pass.
+
+    Args:
+        values: ``name=value`` pairs named as the config's command-line ids.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        self.values = {k: _plain(v) for k, v in values.items()}
+
+    def state_dict(self) -> dict:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._refuse_other(dict(state), "the checkpoint")
+
+    def check(self, path: str) -> None:
+        """Refuses checkpoint ``path`` when its ``settings`` entry differs from these values (a file without the
+        entry, e.g. converted official weights, is not constrained here; its weights are still checked).
+
+        Raises:
+            InputError: naming the file and the options the checkpoint was trained with.
+        """
+        ckpt = read_checkpoint(path, map_location="cpu", mmap=True)
+        saved = ckpt.get("settings") if isinstance(ckpt, Mapping) else None
+        if isinstance(saved, Mapping):
+            self._refuse_other(dict(saved), f"checkpoint {path}")
+
+    def _refuse_other(self, saved: Dict[str, Any], what: str) -> None:
+        differ = [k for k in self.values if k in saved and saved[k] != self.values[k]]
+        if differ:
+            trained = " ".join(f"--{k} {_option(saved[k])}" for k in differ)
+            asked = " ".join(f"--{k} {_option(self.values[k])}" for k in differ)
+            raise InputError(
+                f"{what} was trained with {trained} but this run is set to {asked}: pass {trained} (the network and "
+                "input settings must be those of training)."
+            )
+
+
+def _plain(value: Any) -> Any:
+    """A config value as it is stored in a checkpoint (weights_only-loadable: str, number, bool, None, list)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _option(value: Any) -> str:
+    """``value`` as the command line gives it to ``monai.bundle`` (``$None`` for None)."""
+    return "$None" if value is None else str(value).replace(" ", "")
 
 
 class CheckedCheckpointLoader(CheckpointLoader):

@@ -14,8 +14,12 @@ from bundle.errors import InputError
 logger = logging.getLogger(__name__)
 
 
-def read_datalist(datalist: str) -> Dict[str, Any]:
+def read_datalist(datalist: str, prepared_by: str = "scripts/data/prepare_synapse.py") -> Dict[str, Any]:
     """The JSON object of a datalist file (every datalist reader starts here).
+
+    Args:
+        datalist: the JSON file.
+        prepared_by: the script that writes this pipeline's datalist (named in the message when it is missing).
 
     Raises:
         InputError: the file is missing, not JSON, or not a JSON object.
@@ -24,7 +28,7 @@ def read_datalist(datalist: str) -> Dict[str, Any]:
     if not os.path.isfile(datalist):
         raise InputError(
             f"datalist {datalist} does not exist: give an existing decathlon JSON with --datalist, or set "
-            "--dataset_dir to the folder holding dataset.json (scripts/data/prepare_synapse.py writes one)."
+            f"--dataset_dir to the folder holding dataset.json ({prepared_by} writes one)."
         )
     try:
         with open(datalist) as f:
@@ -43,6 +47,7 @@ def load_datalist(
     base_dir: Optional[str] = None,
     keys: Sequence[str] = ("image", "label"),
     allow_empty: bool = False,
+    prepared_by: str = "scripts/data/prepare_synapse.py",
 ) -> List[Dict[str, Any]]:
     """Reads a decathlon datalist section and checks it before any volume is loaded.
 
@@ -52,6 +57,7 @@ def load_datalist(
         base_dir: base of relative paths (default: the datalist's folder).
         keys: keys every item must have (``image`` and, for training/evaluation, ``label``).
         allow_empty: accept an empty section (returns ``[]``).
+        prepared_by: the script that writes this pipeline's datalist (the configs' ``prepare_script``).
 
     Returns:
         The items with absolute paths, as ``monai.data.load_decathlon_datalist`` returns them.
@@ -61,7 +67,7 @@ def load_datalist(
             or a listed file does not exist.
     """
     datalist = str(datalist)
-    content = read_datalist(datalist)
+    content = read_datalist(datalist, prepared_by)
     if section not in content:
         raise InputError(
             f"datalist {datalist} has no {section!r} section (found {sorted(content)}): add it, or choose another "

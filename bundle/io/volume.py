@@ -111,10 +111,34 @@ class LoadVolumed(LoadImaged):
                     break
             if cause is None:
                 raise InputError(f"{key} {path} does not exist: fix the path in the datalist or --input.") from None
+            if os.path.isdir(str(path)):
+                raise InputError(_unreadable_folder(key, str(path), cause)) from err
             raise InputError(
                 f"{key} {path} cannot be read ({type(cause).__name__}: {_root_message(cause)}): the file is truncated, "
                 "corrupt or not an image; re-export or re-copy it."
             ) from err
+
+
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _unreadable_folder(key: str, path: str, cause: BaseException) -> str:
+    """What a folder that does not load as a DICOM series holds, and what to give instead."""
+    files = sorted(f for f in os.listdir(path) if not f.startswith("."))
+    pictures = [f for f in files if f.lower().endswith(_PICTURE_SUFFIXES)]
+    if pictures:
+        kinds = sorted({os.path.splitext(f)[1].lower() for f in pictures})
+        return (
+            f"{key} {path} is a folder of {len(pictures)} 2D pictures ({'/'.join(kinds)}, e.g. {pictures[0]}), not "
+            "a DICOM series: this config segments CT volumes (NIfTI/NRRD/MHA files or a DICOM series folder); stack "
+            "CT slices into one volume, or segment 2D images with the ISIC2018 overlay configs/isic2018/inference.yaml "
+            "(dermoscopy) or with configs/microscopy/inference.yaml."
+        )
+    return (
+        f"{key} {path} is a folder ({len(files)} entries, e.g. {', '.join(files[:3]) or 'none'}) that does not load "
+        f"as a DICOM series ({type(cause).__name__}: {_root_message(cause)}): give a volume file, or a folder holding "
+        "the .dcm files of one series."
+    )
 
 
 def _root_message(err: BaseException) -> str:
@@ -271,16 +295,29 @@ class ValidateVolumed(MapTransform):
         if lshape != ishape:
             raise InputError(
                 f"label {name} has shape {lshape} but its image {img_name} has {ishape}: the label must be on the "
-                "image's grid; resample it onto the image (nearest neighbour) or pair the right files."
+                f"image's grid; resample it onto the image ({resample_label_command(name, img_name)}) or pair the "
+                "right files."
             )
         la, ia = getattr(lab, "affine", None), getattr(img, "affine", None)
         if la is not None and ia is not None:
             la, ia = np.asarray(la, dtype=np.float64), np.asarray(ia, dtype=np.float64)
             if not np.allclose(la, ia, rtol=1e-4, atol=1e-3):
-                raise InputError(
+                grid = (
                     f"label {name} has affine {np.round(la[:3], 3).tolist()} but its image {img_name} has "
-                    f"{np.round(ia[:3], 3).tolist()}: the label must be on the image's grid; resample it (nearest) "
-                    "or copy the image's header into it if only the header is wrong."
+                    f"{np.round(ia[:3], 3).tolist()}: the label must be on the image's grid; "
+                )
+                resample = (
+                    f"resample the label onto the image (nearest neighbour): {resample_label_command(name, img_name)}"
+                )
+                lcodes, icodes = "".join(nib.aff2axcodes(la)), "".join(nib.aff2axcodes(ia))
+                if lcodes != icodes:  # a header copy would mirror/transpose the label in the patient
+                    raise InputError(
+                        f"{grid}they are stored in different orientations (label {lcodes}, image {icodes}), so "
+                        f"{resample}; never copy the image's header into the label here, it would flip the label."
+                    )
+                raise InputError(
+                    f"{grid}{resample} (or, if the label is known to share the image's voxels and only "
+                    "its header is off, copy the image's header into it)."
                 )
         if self.num_classes is None:
             return
@@ -295,6 +332,17 @@ class ValidateVolumed(MapTransform):
                 f"label {name} has values {outside[:10]} outside 0..{self.num_classes - 1}: map raw BTCV ids to the 8 "
                 "Synapse organs with scripts/data/prepare_synapse.py btcv, or set --num_classes to match your labels."
             )
+
+
+def resample_label_command(label: str, image: str) -> str:
+    """A shell command that resamples ``label`` onto ``image``'s grid (nearest neighbour, SimpleITK, any format the
+    bundle reads) into ``<label>_resampled.nii.gz``: the fix offered when a label is on another grid."""
+    out = output_path(label, os.path.dirname(str(label)), "resampled")
+    code = (
+        f"import SimpleITK as sitk; sitk.WriteImage(sitk.Resample(sitk.ReadImage({str(label)!r}), "
+        f"sitk.ReadImage({str(image)!r}), sitk.Transform(), sitk.sitkNearestNeighbor, 0), {out!r})"
+    )
+    return f'python -c "{code}"'
 
 
 def _isnan(value) -> bool:

@@ -32,6 +32,7 @@ from torch import nn
 from bundle.networks.blocks.decoder_stage import BLOCK_TYPES, LAYOUTS, DecoderStage
 from bundle.networks.blocks.patch_expand import PatchExpand
 from bundle.networks.encoders import TimmEncoder
+from bundle.networks.loading import BundleCheckpointLoading
 
 __all__ = ["MSA2Net", "MSA2NetConfig", "VARIANTS"]
 
@@ -76,7 +77,7 @@ VARIANTS: Dict[str, MSA2NetConfig] = {
 }
 
 
-class MSA2Net(nn.Module):
+class MSA2Net(BundleCheckpointLoading):
     """MSA²Net for 2D segmentation at 224×224, returning raw logits.
 
     Kolahi, Azad, et al., "MSA²Net: Multi-scale Adaptive Attention-guided Network for Medical Image

@@ -11,11 +11,12 @@ from torch import nn
 
 from bundle.networks.blocks.aua import AdaptiveUpAttention, conv_bn_relu
 from bundle.networks.blocks.sa2 import ScaleAwareAttention
+from bundle.networks.loading import BundleCheckpointLoading
 
 __all__ = ["SA2Net"]
 
 
-class SA2Net(nn.Module):
+class SA2Net(BundleCheckpointLoading):
     """SA2-Net for 2D segmentation, built as the official code runs it (``MyNet`` in ``sasanet.py``).
 
     Data flow for an ``H x W`` image and ``C = base_channels`` (64):

@@ -11,12 +11,13 @@ backward kernels): docs/operations.md §4.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 from monai.utils import set_determinism
+from torch.optim.lr_scheduler import PolynomialLR
 
 from bundle.errors import InputError
 
@@ -31,6 +32,31 @@ def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 20) -> flo
 def poly_iterations(epochs: int, epoch_length: int) -> int:
     """Total iterations of the per-iteration poly schedule (at least 1)."""
     return max(1, int(epochs) * int(epoch_length))
+
+
+class RunLengthPolynomialLR(PolynomialLR):
+    """``torch.optim.lr_scheduler.PolynomialLR`` whose length is always the current run's ``total_iters``.
+
+    A resumed run restores the scheduler's state, and torch's ``load_state_dict`` would also restore the first run's
+    ``total_iters``: a finished run extended with a larger ``--epochs`` then trains at lr 0. Here the restored
+    position (``last_epoch``) is kept and the length is this run's, so extending *stretches* the schedule: from the
+    resumed iteration on, the lr is the one a run planned for the new length from the start would have
+    (``base_lr · (1 − iteration / total_iters) ** power``). A plain resume (same ``--epochs``) changes nothing.
+
+    Same arguments as ``PolynomialLR``. Load the optimizer before the scheduler (``load_dict`` order in the configs):
+    the stretched lr is written into the optimizer's param groups.
+    """
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        total_iters = self.total_iters
+        super().load_state_dict(dict(state_dict))
+        if self.total_iters == total_iters:
+            return
+        self.total_iters = total_iters
+        done = min(self.last_epoch, total_iters)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * (1.0 - done / total_iters) ** self.power
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 class EpochSeed:
@@ -80,17 +106,30 @@ def _keep(filename: str) -> None:
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI ``CheckpointSaver`` whose files are written to a temporary name in ``save_dir`` and renamed.
+    """MONAI ``CheckpointSaver`` whose files are written to a temporary name in ``save_dir`` and renamed, and whose
+    interval checkpoints are removed once a completed run has written its final one.
 
     MONAI 1.6.1 builds Ignite's ``DiskSaver`` with ``atomic=False`` (for group-read permissions, which Ignite's
     atomic path also sets), so a kill during ``torch.save`` leaves a truncated ``checkpoint_*.pt``; this turns the
     atomic path back on. Ignite deletes the oldest file *before* writing the next one: for fixed names (best model,
     final checkpoint) that deletion is skipped (the rename replaces the file), and interval checkpoints need
-    ``n_saved ≥ 2`` so that one complete file always exists. Same arguments as ``CheckpointSaver``.
+    ``n_saved ≥ 2`` so that one complete file always exists.
+
+    Disk: a training checkpoint holds the weights and the optimizer state (MSA²Net ``paper`` with SGD momentum:
+    614 MB), so a run holds at most ``n_saved`` interval files plus the final one while it trains; when it completes,
+    the final checkpoint holds everything the interval files held (resume reads the newest), so they are deleted
+    (``keep_interval_after_final=False``): a finished run keeps one training checkpoint, not three. A run that
+    ends by an exception keeps them.
+
+    Args:
+        args: as ``CheckpointSaver``.
+        keep_interval_after_final: keep the interval checkpoints after the final one of a completed run.
+        kwargs: as ``CheckpointSaver``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, keep_interval_after_final: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.keep_interval_after_final = bool(keep_interval_after_final)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler._atomic = True
@@ -98,3 +137,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
                     # fixed name (best model, final): the atomic replace is the removal; deleting first would
                     # leave no file if the process died during the save
                     ckpt.save_handler.remove = _keep
+
+    def completed(self, engine: Any) -> None:
+        super().completed(engine)  # the final checkpoint, written atomically
+        interval = self._interval_checkpoint
+        if interval is None or self.keep_interval_after_final:
+            return
+        for item in list(interval._saved):
+            interval.save_handler.remove(item.filename)
+        interval._saved.clear()

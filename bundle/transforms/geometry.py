@@ -183,11 +183,47 @@ class Geometry:
         size = "$None" if self.pixel_size is None else f"{self.pixel_size:g}"
         return f"--axcodes {self.axcodes} --pixel_size {size} --crop_body {self.crop_body}"
 
+    def metadata(self) -> dict:
+        """The fields ``metadata.json`` states under ``network_data_format.inputs.image`` (read by
+        ``configs/inference_ts.yaml``, written by ``scripts/model/export_torchscript.py`` and the zip packager)."""
+        return {"axcodes": self.axcodes, "pixel_size_mm": self.pixel_size, "crop_body": self.crop_body}
+
+    @property
+    def official(self) -> bool:
+        """Whole-slice resize without a body crop: the only geometry MONAI's own transforms (``.ts`` path) apply."""
+        return self.pixel_size is None and not self.crop_body
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Geometry) and other.state_dict() == self.state_dict()
 
     def __repr__(self) -> str:
         return f"Geometry(axcodes={self.axcodes!r}, pixel_size={self.pixel_size!r}, crop_body={self.crop_body!r})"
+
+
+def metadata_with_geometry(meta: Mapping[str, Any], geometry: Geometry) -> dict:
+    """A copy of the bundle's ``metadata.json`` dict that states ``geometry``: the input's ``axcodes``,
+    ``pixel_size_mm`` and ``crop_body`` fields and the end of ``image_classes`` (from "axial slices" on), which says
+    how a slice reaches the network, for a model trained with that geometry."""
+    import copy
+
+    out = copy.deepcopy(dict(meta))
+    out["network_data_format"]["inputs"]["image"].update(geometry.metadata())
+    if geometry.pixel_size is None:
+        grid = "axial slices resized whole to 224x224 (pixel_size: none)"
+    else:
+        size = f"{geometry.pixel_size:g}"
+        grid = f"axial slices sampled at {size} mm pixels onto 224x224, centred (pixel_size: {size})"
+    if geometry.crop_body:
+        grid = "each volume cropped in-plane to the patient's body first (crop_body), " + grid
+    text = str(out.get("image_classes", ""))
+    if "axial slices" in text:
+        out["image_classes"] = text[: text.index("axial slices")] + grid
+    if geometry.axcodes != DEFAULT_AXCODES:
+        out["image_classes"] = out["image_classes"].replace(
+            "reoriented to PLS (rows toward posterior, columns toward the patient's left; flips/permutations only)",
+            f"reoriented to {geometry.axcodes} (flips/permutations only)",
+        )
+    return out
 
 
 def _saved_geometry(path: str) -> Optional[Geometry]:

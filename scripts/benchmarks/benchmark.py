@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import fire
 import numpy as np
 import torch
 
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo  # noqa: E402
 from bundle.data.synapse import remap_labels  # noqa: E402
 from bundle.data.synthetic import write_body_ct, write_synthetic_case  # noqa: E402
+from bundle.errors import run_script  # noqa: E402
 from bundle.inferers.axial import AxialSliceInferer  # noqa: E402
 from bundle.inferers.backends import cpu_supports_bf16, optimize_for_inference  # noqa: E402
 from bundle.io.volume import SaveLabelNiftid  # noqa: E402
@@ -940,7 +940,7 @@ def side_by_side(
 
 
 if __name__ == "__main__":
-    fire.Fire(
+    run_script(
         {
             "forward": forward,
             "volume": volume,

@@ -18,6 +18,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from bundle.errors import install_error_hook  # noqa: E402
 
 
 def rss_mb():
@@ -86,6 +87,7 @@ def run(out):
 
 
 if __name__ == "__main__":
+    install_error_hook()
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     if not os.path.exists(os.path.join(out, "random_paper.pt")):

@@ -6,11 +6,10 @@ Usage: python scripts/data/fetch_demo.py [--dest demo_data] [--sdist path/to/tot
 import os
 import sys
 
-import fire
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
 
 from bundle.data.demos import build_demo  # noqa: E402
+from bundle.errors import run_script  # noqa: E402
 
 
 def main(dest: str = "demo_data", sdist: str = None, holdout_every: int = 4) -> None:
@@ -19,4 +18,4 @@ def main(dest: str = "demo_data", sdist: str = None, holdout_every: int = 4) -> 
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

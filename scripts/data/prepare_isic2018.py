@@ -13,11 +13,10 @@ and ``<dst>/split.json``; see docs/isic2018.md.
 import os
 import sys
 
-import fire
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
 
 from bundle.data.isic import prepare_isic2018  # noqa: E402
+from bundle.errors import run_script  # noqa: E402
 
 
 def main(
@@ -38,4 +37,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

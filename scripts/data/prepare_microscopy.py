@@ -14,8 +14,6 @@ See ``docs/microscopy.md`` and ``bundle/data/microscopy.py`` for the layouts.
 import os
 import sys
 
-import fire
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
 
 from bundle.data.microscopy import (  # noqa: E402
@@ -26,6 +24,7 @@ from bundle.data.microscopy import (  # noqa: E402
     find_uctransnet,
     write_fold_files,
 )
+from bundle.errors import run_script  # noqa: E402
 
 
 def _finish(pairs, dst, name, num_folds, seed, layout):
@@ -61,4 +60,4 @@ def uctransnet(
 
 
 if __name__ == "__main__":
-    fire.Fire({"glas": glas, "monuseg": monuseg, "uctransnet": uctransnet})
+    run_script({"glas": glas, "monuseg": monuseg, "uctransnet": uctransnet})

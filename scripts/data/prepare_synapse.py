@@ -8,12 +8,11 @@ Usage:
 import os
 import sys
 
-import fire
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
 
 from bundle.data.synapse import prepare_btcv  # noqa: E402
 from bundle.data.transunet import import_transunet  # noqa: E402
+from bundle.errors import run_script  # noqa: E402
 
 
 def btcv(src: str, dst: str = "data/synapse", validation_from_test: bool = True) -> None:
@@ -27,4 +26,4 @@ def transunet(src: str, dst: str = "data/synapse", validation_from_test: bool = 
 
 
 if __name__ == "__main__":
-    fire.Fire({"btcv": btcv, "transunet": transunet})
+    run_script({"btcv": btcv, "transunet": transunet})

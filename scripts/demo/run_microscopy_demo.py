@@ -18,14 +18,13 @@ import subprocess
 import sys
 import time
 
-import fire
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from bundle.data.demos import build_stardist_demo  # noqa: E402
-from bundle.errors import InputError  # noqa: E402
+from bundle.errors import InputError, run_script  # noqa: E402
 from bundle.io.image2d import save_overlay_png  # noqa: E402
 
 
@@ -140,4 +139,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

@@ -13,14 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-import fire
 import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from anywhere
 
 from bundle.data.synapse import HU_WINDOW  # noqa: E402
-from bundle.errors import InputError  # noqa: E402
+from bundle.errors import InputError, run_script  # noqa: E402
 from bundle.evaluation.metrics import SYNAPSE_CLASSES  # noqa: E402
 from bundle.evaluation.plots import (  # noqa: E402
     plot_dice_bars,
@@ -109,4 +108,4 @@ def curves(run_dir, out="training_curves.png"):
 
 
 if __name__ == "__main__":
-    fire.Fire({"overlays": overlays, "bars": bars, "curves": curves})
+    run_script({"overlays": overlays, "bars": bars, "curves": curves})

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 
-import fire
 import torch
 
-from bundle.errors import InputError, install_error_hook
+from bundle.errors import InputError, run_script
 from bundle.io.atomic import atomic_path, atomic_write_text
 from bundle.io.checkpoint import read_state_dict
 from bundle.networks import MSA2Net, SA2Net
@@ -72,5 +71,4 @@ def main(
 
 
 if __name__ == "__main__":
-    install_error_hook()
-    fire.Fire(main)
+    run_script(main)

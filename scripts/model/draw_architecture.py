@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import fire
 import matplotlib
 
 matplotlib.use("Agg")
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bundle.errors import run_script  # noqa: E402
 from bundle.networks import VARIANTS  # noqa: E402
 
 COLORS = {"enc": "#9ecae1", "dae": "#fdae6b", "lka": "#a1d99b", "masag": "#e377c2", "add": "#dddddd", "pe": "#fff2a8"}
@@ -97,4 +97,4 @@ def main(variant: str = "paper", out: str = "docs/architecture.png") -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

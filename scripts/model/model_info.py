@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bundle.errors import run_script  # noqa: E402
 from bundle.networks import VARIANTS, MSA2Net  # noqa: E402
 from bundle.networks.info import count_macs, parameters_by_part  # noqa: E402
 
@@ -49,4 +49,4 @@ def main(variant: str = "paper", in_channels: int = 1, out_channels: int = 9, js
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

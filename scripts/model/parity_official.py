@@ -25,10 +25,9 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-import fire
 import torch
 
-from bundle.errors import InputError, install_error_hook
+from bundle.errors import InputError, run_script
 from bundle.networks import MSA2Net, SA2Net
 from bundle.networks import convert as msa2net_keys
 from bundle.networks import convert_sa2net as sa2net_keys
@@ -202,5 +201,4 @@ def main(
 
 
 if __name__ == "__main__":
-    install_error_hook()
-    fire.Fire(main)
+    run_script(main)

@@ -43,12 +43,10 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import fire
-
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bundle.errors import InputError, install_error_hook  # noqa: E402
+from bundle.errors import InputError, run_script  # noqa: E402
 from bundle.io.checkpoint import check_checkpoint  # noqa: E402
 from bundle.transforms.geometry import checkpoint_geometry  # noqa: E402
 
@@ -418,8 +416,7 @@ def compare(a: str, b: str) -> dict:
 
 
 if __name__ == "__main__":
-    install_error_hook()  # bad input: one InputError line, not a traceback
-    fire.Fire(
+    run_script(
         {
             "layout": layout,
             "serve": serve,

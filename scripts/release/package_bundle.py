@@ -5,6 +5,10 @@ into the zip (the YAML files stay the source of truth). Weights: ``--weights`` (
 ``models/model.ts`` go into the zip; ``--weights_url`` instead writes ``large_files.yml`` (URL + sha256 of the
 weights, for ``monai.bundle download_large_files``) and leaves the weights out, as the zoo asks for files > 1 MB.
 
+The zip's ``configs/metadata.json`` states the geometry the weights were trained with (their ``geometry`` entry:
+axcodes, pixel size, body crop), and a ``model.ts`` is shipped only when its own ``metadata.json`` states the same
+(``scripts/model/export_torchscript.py`` writes it so); otherwise packaging stops with the command that fixes it.
+
 Example::
 
     python scripts/release/package_bundle.py --out dist/                      # models/model.pt inside the zip
@@ -22,12 +26,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import fire
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bundle.data.fetch import sha256  # noqa: E402
+from bundle.errors import InputError, run_script  # noqa: E402
+from bundle.transforms.geometry import Geometry, checkpoint_geometry, metadata_with_geometry  # noqa: E402
 
 NAME = "msa2net_synapse_ct_segmentation"
 INCLUDE_DIRS = ["bundle", "configs", "docs", "scripts"]
@@ -57,6 +62,16 @@ def write_large_files(weights: Path, url: str, dest: Path = ROOT / "large_files.
     return dest
 
 
+def ts_geometry(ts: Path) -> Geometry:
+    """The geometry a TorchScript file's own ``metadata.json`` states (the official one when it has none)."""
+    import torch
+
+    files = {"metadata.json": ""}
+    torch.jit.load(str(ts), map_location="cpu", _extra_files=files)
+    image = json.loads(files["metadata.json"] or "{}").get("network_data_format", {}).get("inputs", {}).get("image", {})
+    return Geometry(image.get("axcodes", "PLS"), image.get("pixel_size_mm"), bool(image.get("crop_body", False)))
+
+
 def _json_configs() -> dict:
     """JSON renderings of each YAML config, for ``monai.bundle.load``."""
     from monai.bundle import ConfigParser
@@ -67,7 +82,9 @@ def _json_configs() -> dict:
     return out
 
 
-def main(out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", weights_url: str = "") -> str:
+def main(
+    out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", weights_url: str = "", include_ts: bool = True
+) -> str:
     """Write ``<out>/<name>_v<version>.zip`` atomically and return its path.
 
     Args:
@@ -76,24 +93,39 @@ def main(out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", w
         weights: checkpoint to ship as ``models/model.pt`` (default: ``models/model.pt`` when present).
         ts: TorchScript file to ship as ``models/model.ts`` (default: ``models/model.ts`` when present).
         weights_url: where the weights are hosted: writes ``large_files.yml`` and leaves the weights out.
+        include_ts: ship ``models/model.ts`` when present (it must state the weights' geometry).
+
+    Raises:
+        InputError: a named file is missing, no weights at all, or the ``.ts`` states another geometry.
     """
-    version = json.loads((ROOT / "configs/metadata.json").read_text())["version"]
+    meta = json.loads((ROOT / "configs/metadata.json").read_text())
+    version = meta["version"]
     weights_path = Path(weights) if weights else ROOT / WEIGHTS
     ts_path = Path(ts) if ts else ROOT / "models/model.ts"
     for given, path in ((weights, weights_path), (ts, ts_path)):
         if given and not path.is_file():
-            raise SystemExit(f"{path}: no such file (--weights / --ts name a checkpoint to ship).")
+            raise InputError(f"{path}: no such file (--weights / --ts name a file to ship).")
     if weights_url:
         if not weights_path.is_file():
-            raise SystemExit(f"--weights_url needs the weights to hash: {weights_path} is missing.")
+            raise InputError(f"--weights_url needs the weights to hash: {weights_path} is missing.")
         print(f"wrote {write_large_files(weights_path, weights_url)}")
     elif not weights_path.is_file() and not (ROOT / "large_files.yml").is_file():
-        raise SystemExit(
+        raise InputError(
             f"No weights ({weights_path}) and no large_files.yml: the zip would carry no weights. "
             "Train first, or pass --weights <checkpoint>."
         )
+    if weights_path.is_file():  # the metadata states what the shipped weights need, not the config's defaults
+        geometry = checkpoint_geometry(ckpt_path=str(weights_path))
+        meta = metadata_with_geometry(meta, geometry)
+        stated = ts_geometry(ts_path) if include_ts and ts_path.is_file() and not weights_url else geometry
+        if stated != geometry:
+            raise InputError(
+                f"{ts_path} states {stated.describe()} but the weights {weights_path} were trained with "
+                f"{geometry.describe()}: re-export it with python scripts/model/export_torchscript.py --ckpt "
+                f"{weights_path} --out {ts_path}, or pass --include_ts False to ship no .ts."
+            )
     # hosted weights: no file over the zoo's 1 MB limit goes into the zip (export model.ts after download)
-    extra = {} if weights_url else {WEIGHTS: weights_path, "models/model.ts": ts_path}
+    extra = {} if weights_url else {WEIGHTS: weights_path, **({"models/model.ts": ts_path} if include_ts else {})}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_v{version}.zip"
@@ -102,7 +134,11 @@ def main(out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", w
     count = 0
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in _files():
-            zf.write(path, f"{name}/{path.relative_to(ROOT).as_posix()}")
+            arcname = path.relative_to(ROOT).as_posix()
+            if arcname == "configs/metadata.json":
+                zf.writestr(f"{name}/{arcname}", json.dumps(meta, indent=4) + "\n")
+            else:
+                zf.write(path, f"{name}/{arcname}")
             count += 1
         for arcname, path in extra.items():
             if path.is_file():
@@ -117,4 +153,4 @@ def main(out: str = "dist", name: str = NAME, weights: str = "", ts: str = "", w
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Callable, List, Tuple
 
-import fire
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the zoo's tests put the bundle root first, for `bundle.…` targets
+from bundle.errors import run_script  # noqa: E402
+
 META = "configs/metadata.json"
 INFER = "configs/inference.yaml"
 SCHEMA = ROOT / "tests/fixtures/meta_schema_20240725.json"
@@ -197,8 +198,6 @@ def check_workflows(work: Path) -> str:
     """Each workflow initialises, passes ``check_properties`` and runs on tiny synthetic CT (zoo unit-test style)."""
     from monai.bundle import ConfigWorkflow
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # the zoo's tests put the bundle root first, for `bundle.…` targets
     from bundle.data.synthetic import write_synthetic_dataset
 
     data = work / "synthetic_ct"
@@ -315,4 +314,4 @@ def main(skip: str = "", only: str = "", random_weights: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_script(main)

@@ -110,3 +110,59 @@ def test_demo_rejects_wrong_hash(tmp_path):
     fake.write_bytes(b"not the sdist")
     with pytest.raises(ValueError, match="sha256"):
         fetch_sdist(str(tmp_path), str(fake))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["prepare_synapse.py", "btcv", "--src", "{missing}"],
+        ["prepare_synapse.py", "transunet", "--src", "{missing}"],
+        ["prepare_isic2018.py", "--src", "{missing}"],
+        ["prepare_microscopy.py", "glas", "--src", "{missing}"],
+        ["prepare_microscopy.py", "monuseg", "--train", "{missing}"],
+        ["prepare_microscopy.py", "uctransnet", "--src", "{missing}"],
+    ],
+    ids=lambda c: "_".join(c[:2]).replace(".py", ""),
+)
+def test_data_scripts_refuse_bad_input_in_one_line(tmp_path, command):
+    """The preparation scripts share the CLI's error handling (bundle.errors.run_script): one InputError line naming
+    the folder, exit code 1, no traceback (they printed ~24 lines of one)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [a.format(missing=tmp_path / "missing") for a in command]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "data", args[0]), *args[1:], "--dst", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("InputError: ")]
+    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0], proc.stderr[-2000:]
+
+
+def test_demo_scores_every_organ_the_dicom_reference_holds(tmp_path):
+    """The demo's DICOM figure names its organs: every organ present in the reference is scored (the series' small
+    pancreas too) with its voxel count; the prediction is compared in world space although stored in another order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(ROOT, "scripts", "demo", "run_demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    truth = np.zeros((8, 6, 4), np.uint8)  # TotalSegmentator ids: 1 spleen, 5 liver, 7 pancreas
+    truth[1:3, 1:3, :] = 1
+    truth[4:8, 2:6, :] = 5
+    truth[0, 5, 0] = 7  # one voxel of pancreas
+    las = np.diag([-1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(truth, las), str(tmp_path / "ref.nii.gz"))
+    pred = remap_labels(truth.astype(np.int64), {1: 1, 5: 5, 7: 0}).astype(np.uint8)  # synapse ids, pancreas missed
+    lps = las.copy()
+    lps[1, 1], lps[1, 3] = -1.0, 5.0  # stored front to back: the same voxels in the world
+    nib.save(nib.Nifti1Image(pred[:, ::-1].copy(), lps), str(tmp_path / "pred.nii.gz"))
+    scores, voxels = demo.dicom_dice(str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nii.gz"))
+    assert scores == {"spleen": 1.0, "liver": 1.0, "pancreas": 0.0}
+    assert voxels == {"spleen": 16, "liver": 64, "pancreas": 1}

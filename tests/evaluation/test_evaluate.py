@@ -40,11 +40,10 @@ def _evaluate(ct_dataset, out, **override):
         dataset_dir=str(ct_dataset),
         datalist=str(ct_dataset / "dataset.json"),
         output_dir=str(out),
-        network_def=TOY,
         num_workers=0,
         show_progress=False,
         device="cpu",
-        **override,
+        **{"network_def": TOY, **override},
     )
     wf.initialize()
     wf.run()
@@ -160,3 +159,50 @@ def test_inference_config_ensemble_tta_lcc(ct_dataset, tmp_path):
     expected = np.asarray(keep_largest_component(raw[None]))[0]
     assert not np.array_equal(raw, expected)  # the LCC removed something, so the switch is seen
     assert np.array_equal(written, expected)
+
+
+@pytest.fixture
+def liver_dataset(tmp_path):
+    """One synthetic case whose label map holds only the liver, as label 1 (a 2-class task)."""
+    from bundle.data.synthetic import write_synthetic_case
+
+    image, label = write_synthetic_case(str(tmp_path / "ct.nii.gz"), str(tmp_path / "organs.nii.gz"), shape=(40, 36, 3))
+    organs = nib.load(label)
+    liver = (np.asarray(organs.dataobj) == 5).astype(np.uint8)
+    nib.save(nib.Nifti1Image(liver, organs.affine), str(tmp_path / "liver.nii.gz"))
+    case = {"image": image, "label": str(tmp_path / "liver.nii.gz")}
+    with open(tmp_path / "dataset.json", "w") as f:
+        json.dump({"training": [case], "validation": [case], "test": [case]}, f)
+    return tmp_path
+
+
+def test_evaluate_names_the_configs_classes_and_explains_both_protocol_rules(liver_dataset, tmp_path):
+    """A 2-class (liver) model is reported as the liver alone, with the liver's Dice as the mean (not 1/8 of it
+    beside seven Synapse organs at 0), and the table says how organs missing on either side were scored."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    with torch.no_grad():
+        net.weight.mul_(20)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    toy = dict(TOY, out_channels=2)
+    common = dict(ckpt_path=str(tmp_path / "model.pt"), num_classes=2, network_def=toy)
+    values, summary, md = _evaluate(liver_dataset, tmp_path / "run", label_names=["liver"], **common)
+    d = ct_volume_transforms(num_classes=2)({"image": str(liver_dataset / "ct.nii.gz"),
+                                             "label": str(liver_dataset / "liver.nii.gz")})  # fmt: skip
+    pred = official_test_single_volume(d["image"][0].numpy(), net)
+    truth = d["label"][0].numpy().astype(np.int64)
+    liver = medpy_binary.dc(pred == 1, truth == 1)
+    assert 0.01 < liver < 0.99  # a real comparison, not an empty or perfect mask (0.047 measured)
+    assert list(summary["protocol"]["per_organ"]) == ["liver"]
+    assert summary["protocol"]["mean_dice"] == pytest.approx(liver)
+    assert "## Protocol mode (1 cases)" in md and "| Method | liver | DSC" in md
+    assert "Synapse" not in md and "paper, Table 1" not in md and "spleen" not in md.lower()
+    assert "an organ **predicted but absent from the reference scores DSC 100 %**" in md
+    assert "Here, of 1 case-organ pairs: 0 predicted but absent (scored 100 %), 0 missed, 0 absent from both" in md
+
+    with pytest.raises(Exception) as err:  # num_classes changed, names left at Synapse's 8
+        _evaluate(liver_dataset, tmp_path / "run2", **common)
+    from bundle.errors import root_input_error
+
+    assert "label_names lists 8 (spleen, right kidney" in root_input_error(err.value)
+    assert "--label_names \"['liver']\" for --num_classes 2" in root_input_error(err.value)

@@ -120,7 +120,9 @@ def test_handler_resets_each_epoch_and_no_temp_files_left(tmp_path):
 
 
 def test_handler_rejects_mismatched_names(tmp_path):
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(
+        ValueError, match=r"scores 2 organ label\(s\) \[1, 2\] .* label_names lists 1 \(a\): give one name"
+    ):
         SegmentationReport(tmp_path, labels=[1, 2], class_names=["a"])
 
 
@@ -265,3 +267,21 @@ def test_handler_reports_postprocessed_rows_beside_raw(tmp_path):
         cli.bars(tmp_path / "summary.json", tmp_path / "b.png", postprocess="opening")
     with pytest.raises(ValueError, match="'raw' names"):
         SegmentationReport(tmp_path, extra_pred_keys={"raw": "x"})
+
+
+def test_table_counts_the_pairs_each_protocol_rule_scored(tmp_path):
+    """Predicted-but-absent scores 100 % (official rule), missed and absent-from-both 0: the header counts each, so a
+    protocol mean far above the clinical one explains itself."""
+    truth = np.zeros((1, 8, 8, 2), np.int64)
+    truth[0, 2:5, 2:5, :] = 1  # organ 1 present, organ 2 absent, organ 3 present
+    truth[0, 6:8, 6:8, :] = 3
+    pred = np.zeros_like(truth)
+    pred[0, 2:5, 2:5, :] = 1  # organ 1 found
+    pred[0, 0:2, 0:2, :] = 2  # organ 2 predicted but absent from the reference; organ 3 missed
+    handler = SegmentationReport(output_dir=tmp_path, labels=[1, 2, 3, 4], class_names=["a", "b", "c", "d"])
+    handler.add_case(torch.as_tensor(pred), torch.as_tensor(truth), name="case")
+    summary = handler.write()
+    md = (tmp_path / "table1.md").read_text()
+    assert [summary["protocol"]["per_organ"][n]["dice"] for n in "abcd"] == [1.0, 1.0, 0.0, 0.0]
+    assert "Here, of 4 case-organ pairs: 1 predicted but absent (scored 100 %), 1 missed, 1 absent from both" in md
+    assert summary["clinical"]["per_organ"]["b"]["dice"] == 0.0  # the clinical table scores it 0

@@ -12,6 +12,8 @@ No timing is asserted here; timings live in ``docs/benchmarks/``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -162,3 +164,28 @@ def test_slice_inferer_backend_auto_matches_eager(net_and_ref, onnx_cache, monke
     assert len(torch.unique(eager)) > 1 and (fast == eager).float().mean() > 0.999
     with pytest.raises(ValueError, match="backend must be one of"):
         AxialSliceInferer(backend="tensorrt")
+
+
+def test_onnx_cache_keeps_the_most_recently_used_exports(tmp_path, monkeypatch):
+    """One export per set of weights (~300 MB for MSA²Net) grew a temp folder to 2.6 GB: the cache keeps
+    MSA2NET_ONNX_CACHE_FILES exports, evicting the least recently used; a hit counts as a use."""
+    from conftest import TinySegNet
+
+    from bundle.inferers.backends import OnnxInference
+
+    monkeypatch.setenv("MSA2NET_ONNX_CACHE_FILES", "2")
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(TinySegNet(1, 9).eval())
+    first = OnnxInference(nets[0], 1, 32, cache_dir=tmp_path).onnx_path
+    second = OnnxInference(nets[1], 1, 32, cache_dir=tmp_path).onnx_path
+    os.utime(first, (1, 1))  # first is the older one ...
+    os.utime(second, (2, 2))
+    assert OnnxInference(nets[0], 1, 32, cache_dir=tmp_path).onnx_path == first  # ... until it is used again
+    third = OnnxInference(nets[2], 1, 32, cache_dir=tmp_path).onnx_path
+    assert sorted(tmp_path.glob("*.onnx")) == sorted([first, third])  # second: least recently used, evicted
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxInference(nets[1], 1, 32, cache_dir=tmp_path)(x), nets[1](x), atol=1e-4, rtol=0)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2

@@ -105,6 +105,21 @@ def test_corrupt_and_truncated_nifti(tmp_path, case):
         _load(case[0], tmp_path / "missing.nii.gz")
 
 
+def test_a_folder_of_pictures_is_named_for_what_it_is(tmp_path):
+    """A folder of PNGs given to the CT config is neither "truncated" nor "corrupt": it is 2D pictures."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / f"slice{i}.png")
+    with pytest.raises(InputError) as err:
+        _load(folder)
+    message = str(err.value)
+    assert re.search(
+        r"image .*slices is a folder of 3 2D pictures \(.png, e.g. slice0.png\), not a DICOM series", message
+    )
+    assert "configs/isic2018/inference.yaml" in message and "truncated" not in message
+
+
 def test_2d_4d_multichannel_and_rgb(tmp_path):
     with pytest.raises(InputError, match=r"is 2D \(24, 20\): a 3D CT volume"):
         _load(_nii(tmp_path / "a.nii.gz", np.zeros((24, 20), np.float32)))
@@ -128,7 +143,7 @@ def test_label_grid_and_values(tmp_path, case):
     moved = nib.load(lab).affine.copy()
     moved[0, 3] += 5.0
     _nii(tmp_path / "moved.nii.gz", arr, moved)
-    with pytest.raises(InputError, match=r"moved.nii.gz has affine .* resample it"):
+    with pytest.raises(InputError, match=r"moved.nii.gz has affine .* resample the label onto the image"):
         _load(img, tmp_path / "moved.nii.gz")
     raw = arr.copy()
     raw[0, 0, 0], raw[1, 0, 0] = 11, 13  # raw BTCV ids
@@ -138,6 +153,32 @@ def test_label_grid_and_values(tmp_path, case):
     _nii(tmp_path / "soft.nii.gz", arr.astype(np.float32) * 0.5, nib.load(lab).affine)
     with pytest.raises(InputError, match="non-integer values: resample labels with nearest"):
         _load(img, tmp_path / "soft.nii.gz")
+
+
+def test_label_in_another_orientation_gets_resampled_never_a_header_copy(tmp_path):
+    """Image stored LPS, its label LAS (same patient): copying the image's header into the label would flip it front
+    to back. The refusal offers only resampling, and the command it prints gives a label the bundle accepts, with
+    every organ where it was."""
+    from bundle.data.synthetic import write_synthetic_case
+
+    lps = np.diag([-0.8, -0.7, 3.0, 1.0])
+    img, lab = write_synthetic_case(str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct_lps_label.nii.gz"),
+                                    shape=(24, 20, 3), affine=lps)  # fmt: skip
+    labels = np.asarray(nib.load(lab).dataobj)
+    las = lps.copy()
+    las[1, 1], las[1, 3] = 0.7, -0.7 * (labels.shape[1] - 1)  # y axis reversed, same voxels in the world
+    flipped = _nii(tmp_path / "label_las.nii.gz", labels[:, ::-1].copy(), las)
+    assert "".join(nib.aff2axcodes(las)) == "LAS" and not np.array_equal(labels[:, ::-1], labels)
+    with pytest.raises(InputError) as err:
+        _load(img, flipped)
+    message = str(err.value)
+    assert "different orientations (label LAS, image LPS)" in message and "resample the label onto the image" in message
+    assert "copy the image's header into" not in message.replace("never copy the image's header into", "")
+    command = re.search(r'python -c "(.+?)"', message).group(1)
+    subprocess.run([sys.executable, "-c", command], check=True)
+    resampled = tmp_path / "label_las_resampled.nii.gz"
+    out = _load(img, resampled)
+    np.testing.assert_array_equal(np.asarray(out["label"])[0], np.asarray(_load(img, lab)["label"])[0])
 
 
 def test_nan_inf_sanitised_with_warning_or_refused(tmp_path):
@@ -256,7 +297,7 @@ def test_checkpoint_class_count_network_and_garbage(tmp_path):
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(InputError, match=r"notes.pt is not a PyTorch checkpoint"):
         check_checkpoint(str(tmp_path / "notes.pt"), {"model": _Net()})
-    with pytest.raises(InputError, match=r"absent.pt does not exist: train first"):
+    with pytest.raises(InputError, match=r"absent.pt does not exist: give an existing file"):
         check_checkpoint(str(tmp_path / "absent.pt"), {"model": _Net()})
     torch.save(_Net().state_dict(), tmp_path / "best.pt")  # bare state dict: fine for the model, not for resume
     assert set(check_checkpoint(str(tmp_path / "best.pt"), {"model": _Net()})) == {"model"}
@@ -343,6 +384,34 @@ def test_cli_prints_one_clear_line(ct_dataset, tmp_path):
     assert "Traceback" not in proc.stderr
     proc = subprocess.run(cmd[:-6] + ["--epohcs", "3"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "InputError: unknown config id --epohcs" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_label_in_a_dataloader_worker_is_reported_once(ct_dataset, tmp_path):
+    """Evaluation with the default DataLoader workers and a label holding value 11: the message once, no worker
+    tracebacks (they used to fill ~200 lines, four times over, before the message)."""
+    from conftest import TinySegNet
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lab = nib.load(ct_dataset / "images" / "vol0_label.nii.gz")
+    bad = np.asarray(lab.dataobj).copy()
+    bad[0, 0, 0] = 11
+    _nii(data / "bad_label.nii.gz", bad, lab.affine)
+    case = {"image": str(ct_dataset / "images" / "vol0.nii.gz"), "label": str(data / "bad_label.nii.gz")}
+    (data / "dataset.json").write_text(json.dumps({"test": [case, case]}))
+    torch.save(TinySegNet().state_dict(), tmp_path / "tiny.pt")
+    (tmp_path / "tiny.yaml").write_text("network_def:\n  _target_: conftest.TinySegNet\n")
+    configs = f"['configs/train.yaml','configs/evaluate.yaml','{tmp_path / 'tiny.yaml'}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs, "--dataset_dir",
+           str(data), "--ckpt_path", str(tmp_path / "tiny.pt"), "--output_dir", str(tmp_path / "out"),
+           "--num_workers", "2", "--show_progress", "False"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and output.count("has values [11] outside 0..8") == 1, output[-3000:]
+    assert "Traceback" not in output and "DataLoader worker" not in output
+    assert proc.stderr.strip().splitlines()[-2].startswith("InputError: label ")
 
 
 def test_error_hook_prints_one_line_for_input_errors(capsys, monkeypatch):

@@ -228,3 +228,20 @@ def test_encoder_weights_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="Could not read encoder weights"):
         MSA2Net(encoder_weights=tmp_path / "junk.pth")
+
+
+def test_networks_load_this_bundles_checkpoint_files_whole():
+    """`{"model": weights, "geometry": …}` (what `monai.bundle ckpt_export` hands the network without
+    --key_in_ckpt model) loads as its weights; anything else still goes through torch's strict check."""
+    from bundle.networks import SA2Net
+    from bundle.networks.loading import weights_of
+
+    for make in (lambda: SA2Net(in_channels=1, out_channels=1, base_channels=8), lambda: MSA2Net(1, 9)):
+        torch.manual_seed(0)
+        source, target = make(), make()
+        target.load_state_dict({"model": source.state_dict(), "geometry": {"axcodes": "PLS"}})
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+        with pytest.raises(RuntimeError, match="Missing key"):
+            target.load_state_dict({"weights": source.state_dict(), "geometry": {}})
+    nested = {"model.weight": torch.ones(1), "model": {"weight": torch.ones(1)}}  # a module named "model": untouched
+    assert weights_of(nested) is nested

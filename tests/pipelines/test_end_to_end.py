@@ -53,7 +53,8 @@ def test_train_resume_evaluate_infer(ct_dataset, tmp_path):
     common = ["--dataset_dir", str(ct_dataset), "--output_dir", str(out), "--ckpt_path", str(ckpt)]
     log = _bundle(["training", "--config_file", "configs/train.yaml", *common, *TINY])
     assert "Epoch: 1/1, Iter: 2/2" in log
-    assert ckpt.exists() and (out / "checkpoints" / "checkpoint_epoch=1.pt").exists()
+    # a completed run keeps its final checkpoint only (the interval ones hold nothing more)
+    assert ckpt.exists() and sorted(os.listdir(out / "checkpoints")) == ["checkpoint_final.pt"]
     state = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == 2
@@ -129,7 +130,7 @@ def test_ddp_gloo_two_processes(ct_dataset, tmp_path):
     ]
     log = _bundle(args, launcher=(torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"))
     assert "Epoch: 1/1, Iter: 2/2" in log
-    assert (out / "model.pt").exists() and glob.glob(str(out / "checkpoints" / "checkpoint_epoch=1.pt"))
+    assert (out / "model.pt").exists() and glob.glob(str(out / "checkpoints" / "checkpoint_final.pt"))
     state = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("module.") for k in state)  # rank 0 saved the unwrapped network
 
@@ -269,3 +270,28 @@ def test_inference_memory_flat_over_many_cases(tmp_path):
     print(f"RSS per case (MB): first {rss[0]:.1f}, cases 11-20 median {settled:.1f}, last 10 median {last:.1f}")
     assert last - settled < 25.0, rss
     assert not all(b > a for a, b in zip(rss[20:], rss[21:])), rss
+
+
+@pytest.mark.slow
+def test_each_run_keeps_its_best_model_and_publishes_only_when_told(ct_dataset, tmp_path):
+    """Two runs into two output folders keep two best models; models/model.pt (what inference.yaml reads) is written
+    only by the run given --publish_model True, and holds that run's best model."""
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("network_def:\n  _target_: conftest.TinySegNet\n")
+    env = dict(_env(), PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+
+    def train(name, *extra):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+               f"['configs/train.yaml','{tiny}']", "--bundle_root", str(tmp_path), "--dataset_dir", str(ct_dataset),
+               "--output_dir", str(tmp_path / "runs" / name), "--roi_size", "[32,32]", *TINY, *extra]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    train("a")
+    assert (tmp_path / "runs" / "a" / "model.pt").is_file() and not (tmp_path / "models").exists()
+    train("b", "--seed", "7", "--publish_model", "True")
+    published = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    a, b = (torch.load(tmp_path / "runs" / n / "model.pt", map_location="cpu", weights_only=True) for n in "ab")
+    assert set(published) == {"model", "geometry"}
+    assert all(torch.equal(published["model"][k], v) for k, v in b["model"].items())
+    assert not all(torch.equal(a["model"][k], v) for k, v in b["model"].items())  # run a's file was not replaced

@@ -308,3 +308,26 @@ def test_training_and_validation_caches_hold_images(isic, tmp_path):
         item = wf.parser.get_parsed_content(ds_id)._cache[0]
         assert type(item["image"]).__name__ == "MetaTensor" and tuple(item["image"].shape) == (3, 224, 224), ds_id
         assert type(item["label"]).__name__ == "MetaTensor", ds_id
+
+
+@pytest.mark.parametrize("files, item", [(TRAIN, "train#datalist"), (EVAL, "validate#datalist")])
+def test_a_missing_isic_datalist_names_the_isic_script(files, item, tmp_path):
+    """ISIC errors point at the ISIC preparation script, not at the CT one the overlay inherits."""
+    from bundle.errors import root_input_error
+
+    wf = _workflow(files, "train", bundle_root=ROOT, dataset_dir=str(tmp_path / "none"), output_dir=str(tmp_path))
+    with pytest.raises(Exception) as err:
+        wf.parser.get_parsed_content(item)
+    message = root_input_error(err.value)
+    assert "scripts/data/prepare_isic2018.py writes one" in message and "prepare_synapse" not in message
+
+
+def test_isic_training_keeps_its_best_model_in_its_run_folder(tmp_path):
+    """ckpt_path is the run's own (evaluation reads it there); --publish_model True also writes the file
+    configs/isic2018/inference.yaml reads, models/isic2018_model.pt."""
+    train = _workflow(TRAIN, "train", bundle_root=str(tmp_path), output_dir=str(tmp_path / "runs" / "a")).parser
+    infer = _workflow(INFER, "infer", bundle_root=str(tmp_path)).parser
+    assert train.get_parsed_content("ckpt_path") == str(tmp_path / "runs" / "a" / "model.pt")
+    assert train.get_parsed_content("publish_model") is False
+    assert train.get_parsed_content("publish_path") == infer.get_parsed_content("ckpt_path")
+    assert infer.get_parsed_content("ckpt_path") == str(tmp_path) + "/models/isic2018_model.pt"

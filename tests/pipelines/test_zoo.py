@@ -3,6 +3,7 @@ packaged zip installs with ``monai.bundle download`` and runs inference from out
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -115,3 +116,127 @@ def test_zip_downloads_and_runs_outside_the_repo(tmp_path):
     )
     log = _run([sys.executable, "-c", code], cwd=tmp_path, env=env)
     assert f"LOADED MSA2Net True {bundle_root}" in log
+
+
+def _tiny_ts(path, metadata=None):
+    """A scripted TinySegNet (1 → 9 channels) as a .ts, with ``metadata`` as its metadata.json (as ckpt_export)."""
+    from conftest import TinySegNet
+
+    torch.manual_seed(0)
+    extra = {"metadata.json": json.dumps(metadata)} if metadata is not None else {}
+    torch.jit.save(torch.jit.script(TinySegNet(1, 9).eval()), str(path), _extra_files=extra)
+    return path
+
+
+def _inference_ts(tmp_path, *args):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference_ts.yaml",
+           "--output_dir", str(tmp_path / "out"), "--num_workers", "0", *args]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _geometry_meta(pixel_size=None, crop_body=False):
+    image = {"axcodes": "PLS", "pixel_size_mm": pixel_size, "crop_body": crop_body}
+    return {"network_data_format": {"inputs": {"image": image}}}
+
+
+@pytest.mark.parametrize("problem", ["missing_ts", "mistyped_input", "png_folder", "empty_folder", "geometry"])
+def test_inference_ts_refuses_what_it_cannot_do_in_one_line(tmp_path, problem):
+    """No input the user named ends with exit 0 and no mask: each refusal is one line naming the file and the fix."""
+    ts = _tiny_ts(tmp_path / "model.ts", _geometry_meta())
+    image, _ = write_synthetic_case(str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct_label.nii.gz"), shape=(30, 20, 2))
+    pngs = tmp_path / "slices"
+    pngs.mkdir()
+    for i in range(2):
+        (pngs / f"slice{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "empty").mkdir()
+    args, expected = {
+        "missing_ts": (["--ts_path", str(tmp_path / "nope.ts"), "--input", image], "model .*nope.ts does not exist"),
+        "mistyped_input": (["--ts_path", str(ts), "--input", image + "x"], r"input .*ct.nii.gzx does not exist"),
+        "png_folder": (["--ts_path", str(ts), "--input", str(pngs)],
+                       r"slices holds no volume .* not a DICOM series folder \(2 entries, e.g. slice0.png\)"),
+        "empty_folder": (["--ts_path", str(ts), "--input", str(tmp_path / "empty")], r"not a DICOM series .*empty"),
+        "geometry": (["--ts_path", str(_tiny_ts(tmp_path / "geo.ts", _geometry_meta(3.0, True))), "--input", image],
+                     r"geo.ts was trained with pixel_size 3.0 mm, crop_body True .* run configs/inference.yaml"),
+    }[problem]  # fmt: skip
+    proc = _inference_ts(tmp_path, *args)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("inference_ts: ")]
+    assert len(lines) == 1 and re.search(expected, lines[0]), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_inference_ts_segments_a_dicom_series_folder(tmp_path):
+    """A DICOM series folder (the zoo's standard path given a scanner export) is segmented onto its own grid, with
+    the labels the same .ts gives the NIfTI it was written from; the storage order comes from the .ts."""
+    from bundle.data.synthetic import write_dicom_series
+
+    ts = _tiny_ts(tmp_path / "model.ts", _geometry_meta())
+    lps = np.diag([-0.8, -0.7, 3.0, 1.0])
+    image, _ = write_synthetic_case(str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct_label.nii.gz"), shape=(40, 36, 3),
+                                    affine=lps)  # fmt: skip
+    series = write_dicom_series(image, str(tmp_path / "ct_dicom"))
+    for given in (series, image):
+        proc = _inference_ts(tmp_path, "--ts_path", str(ts), "--input", given)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    from_dicom = nib.load(tmp_path / "out" / "ct_dicom_seg.nii.gz")
+    from_nifti = nib.load(tmp_path / "out" / "ct_seg.nii.gz")
+    assert from_dicom.shape == (40, 36, 3)
+    np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
+    a, b = np.asarray(from_dicom.dataobj), np.asarray(from_nifti.dataobj)
+    # the DICOM copy stores HU as int16 (the NIfTI holds floats): a few border voxels may tip (measured 5 of 4320)
+    assert len(np.unique(b)) > 1 and (a == b).mean() > 0.995
+
+
+@pytest.mark.slow
+def test_export_states_the_checkpoint_geometry_and_packaging_refuses_a_ts_that_does_not(tmp_path):
+    """Weights trained with pixel_size 3 mm and crop_body (as the demo's): MONAI's ckpt_export called as zoo users
+    call it (no --key_in_ckpt) exports them without 50 KB of key lists but writes the official geometry into the
+    .ts; the packager refuses that .ts with the fix; scripts/model/export_torchscript.py writes a .ts that states
+    the truth, and the zip's metadata.json states it too."""
+    torch.manual_seed(0)
+    net = MSA2Net(in_channels=1, out_channels=9)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "geometry": {"axcodes": "PLS", "pixel_size": 3.0, "crop_body": True}}, ckpt)
+
+    zoo_ts = tmp_path / "zoo.ts"
+    log = _run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(zoo_ts),
+                "--ckpt_file", str(ckpt), "--meta_file", "configs/metadata.json",
+                "--config_file", "configs/inference.yaml"])  # fmt: skip
+    assert len(log) < 5000 and "Missing key" not in log
+    exported = torch.jit.load(str(zoo_ts), map_location="cpu").state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in net.state_dict().items())
+
+    package = [
+        sys.executable,
+        "scripts/release/package_bundle.py",
+        "--out",
+        str(tmp_path / "dist"),
+        "--weights",
+        str(ckpt),
+    ]
+    proc = subprocess.run([*package, "--ts", str(zoo_ts)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.search(
+        r"zoo.ts states axcodes PLS, whole-slice resize, crop_body False but the weights .* were trained "
+        r"with axcodes PLS, pixel_size 3 mm, crop_body True: re-export it with",
+        proc.stderr,
+    ), proc.stderr
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+
+    ts = tmp_path / "model.ts"
+    _run([sys.executable, "scripts/model/export_torchscript.py", "--ckpt", str(ckpt), "--out", str(ts)])
+    files = {"metadata.json": ""}
+    torch.jit.load(str(ts), map_location="cpu", _extra_files=files)
+    stated = json.loads(files["metadata.json"])["network_data_format"]["inputs"]["image"]
+    assert (stated["axcodes"], stated["pixel_size_mm"], stated["crop_body"]) == ("PLS", 3.0, True)
+
+    _run([*package, "--include_ts", "False"])
+    import zipfile
+
+    (zip_path,) = (tmp_path / "dist").glob("*.zip")
+    with zipfile.ZipFile(zip_path) as zf:
+        meta = json.loads(zf.read(f"{NAME}/configs/metadata.json"))
+        assert not any(n.endswith("model.ts") for n in zf.namelist())
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert (image["pixel_size_mm"], image["crop_body"]) == (3.0, True) and "3 mm pixels" in meta["image_classes"]

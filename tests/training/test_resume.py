@@ -146,3 +146,94 @@ def test_atomic_checkpoint_saver_never_leaves_a_truncated_or_missing_file(tmp_pa
     (name,) = [f for f in os.listdir(plain)]
     with pytest.raises(Exception):  # the truncated file under the final name that the atomic saver avoids
         torch.load(plain / name, weights_only=True)
+
+
+def _poly_run(total_iters, steps, state=None):
+    """SGD + RunLengthPolynomialLR over ``total_iters``, optionally restored from ``state``, stepped ``steps`` times;
+    returns (lr before each step, optimizer, scheduler)."""
+    from bundle.training.engine import RunLengthPolynomialLR
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    sched = RunLengthPolynomialLR(opt, total_iters=total_iters, power=0.9)
+    if state is not None:  # the configs' load_dict order: optimizer, then scheduler
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["lr_scheduler"])
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs, opt, sched
+
+
+def test_extending_a_finished_run_stretches_the_poly_schedule():
+    """A run planned for 8 iterations ends at lr 0; resumed with a 12-iteration plan it trains on with the lr a
+    12-iteration run has at iterations 9..12 (torch's PolynomialLR would restore total_iters 8 and stay at 0)."""
+    lrs, opt, sched = _poly_run(8, 8)
+    assert opt.param_groups[0]["lr"] == 0.0
+    state = {"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}
+    extended, _, stretched = _poly_run(12, 4, state)
+    planned, _, _ = _poly_run(12, 12)
+    assert stretched.total_iters == 12
+    assert extended[0] == pytest.approx(0.05 * (1 - 8 / 12) ** 0.9, rel=1e-12) and extended[0] > 0.01
+    np.testing.assert_allclose(extended, planned[8:], rtol=1e-12)
+    # the same length (a plain resume) restores the schedule untouched
+    _, opt_same, sched_same = _poly_run(8, 0, state)
+    assert sched_same.total_iters == 8 and opt_same.param_groups[0]["lr"] == 0.0
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_trains_the_extra_epochs(ct_dataset, tmp_path):
+    """`--resume True --epochs 3` after a finished 2-epoch run: epoch 3 runs at lr > 0 and moves the weights."""
+    overlay = tmp_path / "tiny.yaml"
+    overlay.write_text(OVERLAY)
+    out = tmp_path / "run"
+    configs = ["configs/train.yaml", str(overlay)]
+    _run(_cmd(configs, ct_dataset, out, "--epochs", "2"))
+    final = out / "checkpoints" / "checkpoint_final.pt"
+    first = torch.load(final, map_location="cpu", weights_only=True)
+    assert first["optimizer"]["param_groups"][0]["lr"] == 0.0  # the 2-epoch schedule ran to its end
+
+    log = _run(_cmd(configs, ct_dataset, out, "--epochs", "3", "--resume", "True"))
+    assert "Epoch: 3/3, Iter: 1/4" in log and "Epoch: 2/3" not in log
+    second = torch.load(final, map_location="cpu", weights_only=True)
+    moved = max((second["model"][k] - v).abs().max().item() for k, v in first["model"].items())
+    assert moved > 1e-4, moved  # at lr 0 (torch's restored schedule) every weight stays exactly where it was
+    assert second["trainer"]["iteration"] == 12
+    assert second["lr_scheduler"]["total_iters"] == 12 and second["lr_scheduler"]["last_epoch"] == 12
+
+
+def test_a_completed_run_keeps_one_training_checkpoint(tmp_path):
+    """Interval checkpoints (n_saved 2) + the final one: 3 files of weights + optimizer state (614 MB each for
+    MSA²Net) after a finished run; the final one holds the same state, so the interval files go once it is written.
+    A run that ends by an exception keeps them."""
+    from ignite.engine import Engine
+
+    from bundle.training.engine import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def run(folder, fail_at=None):
+        def step(engine, batch):
+            if engine.state.epoch == fail_at:
+                raise RuntimeError("killed")
+
+        engine = Engine(step)
+        saver = AtomicCheckpointSaver(str(folder), {"model": net, "optimizer": opt}, save_interval=1, n_saved=2,
+                                      epoch_level=True, save_final=True, final_filename="checkpoint_final.pt")  # fmt: skip
+        saver.attach(engine)
+        engine.run([0, 1], max_epochs=3)
+        return sorted(os.listdir(folder))
+
+    assert run(tmp_path / "done") == ["checkpoint_final.pt"]
+    final = torch.load(tmp_path / "done" / "checkpoint_final.pt", weights_only=True)
+    assert set(final) == {"model", "optimizer"}
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "failed", fail_at=3)
+    assert sorted(os.listdir(tmp_path / "failed")) == [
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=2.pt",
+        "checkpoint_final.pt",
+    ]

@@ -382,3 +382,21 @@ def test_body_mask_leaves_out_an_arm_that_overlaps_the_trunk_on_another_slice():
     x[0, 10:20, 2:16, 1] = 0.3  # arm on slice 1: apart from its trunk, overlapping slice 0's
     rows, cols = torch.nonzero(body_mask(x)[0, :, :, 1], as_tuple=True)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 24, 14, 39)
+
+
+def test_metadata_states_the_geometry_of_the_weights():
+    """The zip's / the .ts's metadata.json says what the weights need, not the config's defaults."""
+    from bundle.transforms.geometry import Geometry, metadata_with_geometry
+
+    with open(os.path.join(ROOT, "configs", "metadata.json")) as f:
+        meta = json.load(f)
+    official = metadata_with_geometry(meta, Geometry())
+    assert official == meta  # the repository's file states the official geometry, word for word
+    demo = metadata_with_geometry(meta, Geometry("PLS", 3.0, True))
+    image = demo["network_data_format"]["inputs"]["image"]
+    assert (image["axcodes"], image["pixel_size_mm"], image["crop_body"]) == ("PLS", 3.0, True)
+    assert demo["image_classes"].endswith(
+        "each volume cropped in-plane to the patient's body first (crop_body), axial slices sampled at 3 mm pixels "
+        "onto 224x224, centred (pixel_size: 3)"
+    )
+    assert meta["network_data_format"]["inputs"]["image"]["pixel_size_mm"] is None  # the input is not changed
