@@ -60,6 +60,7 @@ _TAGS = (
     "NumberOfFrames",
 )
 REF_SEP = "#"
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -410,10 +411,19 @@ def no_volume_message(scan: Scan) -> str:
             f"({reason}); re-export or re-copy the series."
         )
     if scan.not_dicom:
+        pictures = [p for p in scan.not_dicom if p.lower().endswith(_PICTURE_SUFFIXES)]
+        if pictures:
+            kinds = sorted({os.path.splitext(p)[1].lower() for p in pictures})
+            return (
+                f"{scan.root} is a folder of {len(pictures)} 2D pictures ({'/'.join(kinds)}, e.g. "
+                f"{os.path.basename(pictures[0])}), not a DICOM series: this config segments CT volumes "
+                "(NIfTI/NRRD/MHA files or a DICOM series folder); stack CT slices into one volume, or segment 2D "
+                "images with the ISIC2018 overlay configs/isic2018/inference.yaml (dermoscopy) or with "
+                "configs/microscopy/inference.yaml."
+            )
         exts = sorted({os.path.splitext(p)[1].lower() or "(no extension)" for p in scan.not_dicom})
         return (
             f"{scan.root} holds {len(scan.not_dicom)} file(s) that are not DICOM ({', '.join(exts[:6])}) and no CT "
-            "volume: give a CT volume (.nii.gz/.nii/.nrrd/.mha) or a DICOM series folder (2D images go to the ISIC "
-            "or microscopy configs)."
+            "volume: give a CT volume (.nii.gz/.nii/.nrrd/.mha) or a folder holding a DICOM series."
         )
     return f"{scan.root} is empty: give a CT volume or a folder holding a DICOM series."

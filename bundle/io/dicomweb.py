@@ -85,7 +85,9 @@ def fetch_study(url: str, study_uid: str, dest: str, series_uid: Optional[str] =
         if (uid, modality) not in wanted:
             logger.info(f"DICOMweb series {number} ({modality}, {uid}) of study {study_uid}: not retrieved")
     if not wanted:
-        raise InputError(f"study {study_uid} on {url} holds no CT series (modalities: {sorted({m for _, m, _ in found})}).")
+        raise InputError(
+            f"study {study_uid} on {url} holds no CT series (modalities: {sorted({m for _, m, _ in found})})."
+        )
     root = os.path.join(str(dest), study_uid)
     for uid, _ in wanted:
         folder = os.path.join(root, uid)

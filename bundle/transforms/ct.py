@@ -59,7 +59,8 @@ from monai.transforms import (
 )
 
 from bundle.data.synapse import HU_WINDOW
-from bundle.io.volume import LoadVolumed, ValidateVolumed
+from bundle.io.validation import ValidateVolumed
+from bundle.io.volume import LoadVolumed
 from bundle.transforms.augment import MEMBERS
 from bundle.transforms.geometry import (
     DEFAULT_AXCODES,
@@ -118,7 +119,7 @@ def ct_volume_transforms(
         keys: image key first, then an optional label key.
         reader: MONAI reader name, ``None`` for MONAI's choice of file reader and
             :class:`~bundle.io.dicom_reader.DicomSeriesReader` for DICOM folders and series references.
-        num_classes: labels must lie in ``0..num_classes-1`` (``bundle.io.volume.ValidateVolumed``).
+        num_classes: labels must lie in ``0..num_classes-1`` (``bundle.io.validation.ValidateVolumed``).
         validate: run the per-case checks (clear errors for bad files; NaN/inf replaced with a warning).
         axcodes: canonical storage order (``Orientationd``: flips/permutations, no resampling; invertible, so
             ``Invertd`` puts predictions back on the input's grid). ``None`` keeps the stored order.

@@ -31,6 +31,7 @@ from monai.transforms import LoadImage
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE
 from bundle.data.dicom_study import export_series
 from bundle.data.synapse import ORGANS, remap_labels
+from bundle.errors import install_error_hook
 from bundle.io.dicom_reader import DicomSeriesReader, dicom_record
 from bundle.io.dicom_seg import build_seg
 
@@ -171,6 +172,7 @@ def dice(out: str, ckpt: str) -> dict:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # InputError -> one line, exit code 1
     out_dir, mode = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     if mode == "prepare":

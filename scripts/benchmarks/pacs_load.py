@@ -101,6 +101,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from bundle.data.orthanc import LocalOrthanc
+    from bundle.errors import install_error_hook
+
+    install_error_hook()  # InputError -> one line, exit code 1
 
     studies = make_studies(args.series, os.path.join(args.out, "studies"), args.studies)
     with LocalOrthanc(os.path.join(args.out, "orthanc")) as pacs:

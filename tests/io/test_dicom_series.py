@@ -156,7 +156,14 @@ def test_bad_dicom_one_line_each(demo_dicom_series, tmp_path):
     junk.mkdir()
     for i in range(3):
         (junk / f"photo{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
-    with pytest.raises(InputError, match=r"holds 3 file\(s\) that are not DICOM \(\.png\) and no CT volume"):
+    with pytest.raises(
+        InputError, match=r"junk is a folder of 3 2D pictures \(\.png, e\.g\. photo0\.png\), not a DICOM"
+    ):
+        _read(str(junk))
+    (junk / "notes.txt").write_text("x")
+    for i in range(3):
+        os.remove(junk / f"photo{i}.png")
+    with pytest.raises(InputError, match=r"holds 1 file\(s\) that are not DICOM \(\.txt\) and no CT volume"):
         _read(str(junk))
     # a truncated instance: its pixels cannot be decoded -> the series fails naming the file and the fix
     trunc = tmp_path / "trunc"

@@ -17,7 +17,7 @@ from bundle.errors import InputError, check_cli_overrides, root_input_error
 from bundle.io.atomic import check_writable_dir
 from bundle.io.checkpoint import check_checkpoint
 from bundle.io.datalist import load_datalist
-from bundle.io.volume import ValidateVolumed
+from bundle.io.validation import ValidateVolumed
 from bundle.transforms.ct import ct_volume_transforms, slice_transforms
 
 # stored PLS, the canonical order: the array reaches the network as stored
@@ -114,9 +114,7 @@ def test_a_folder_of_pictures_is_named_for_what_it_is(tmp_path):
     with pytest.raises(InputError) as err:
         _load(folder)
     message = str(err.value)
-    assert re.search(
-        r"image .*slices is a folder of 3 2D pictures \(.png, e.g. slice0.png\), not a DICOM series", message
-    )
+    assert re.search(r".*slices is a folder of 3 2D pictures \(.png, e.g. slice0.png\), not a DICOM series", message)
     assert "configs/isic2018/inference.yaml" in message and "truncated" not in message
 
 
