@@ -218,6 +218,8 @@ def main(
             "$None" if pixel_size is None else str(pixel_size),
             "--val_interval",
             str(epochs),
+            "--ckpt_interval",  # a resumable 614 MB checkpoint every 10 epochs, not after each 5-iteration epoch
+            str(max(1, min(10, epochs))),
             "--num_workers",
             "0",
             "--show_progress",
