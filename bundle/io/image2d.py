@@ -289,7 +289,7 @@ def list_images(
     def expand(entry: str) -> List[str]:
         if os.path.isdir(entry):
             found = sorted(p for p in glob.glob(os.path.join(entry, "*")) if p.lower().endswith(exts))
-            return [p for p in found if os.path.isfile(p) and ".png.tmp" not in p]
+            return [p for p in found if os.path.isfile(p)]
         if not entry.lower().endswith(exts):
             raise InputError(f"{entry} is not an image file ({', '.join(exts)}).")
         return [entry]

@@ -43,13 +43,10 @@ MEMBERS = ("flip_rows", "flip_cols", "noise", "blur", "contrast", "scale", "rota
 GEOMETRIC = ("flip_rows", "flip_cols", "scale", "rotate", "shear", "elastic", "translate")
 
 
-_NOISE_STD, _BLUR_SIGMA, _CONTRAST = 0.005, 1.0, (0.5, 1.5)
-
-
-_SCALE, _ROTATE, _SHEAR, _TRANSLATE = (0.5, 2.0), math.radians(40.0), math.tan(math.radians(16.0)), 0.2
-
-
-_ELASTIC_SPACING, _ELASTIC_MAGNITUDE = 0.25, (0.008, 0.03)  # × size
+# the official member parameters (docs/official_code.md §3), shared with the per-sample list of bundle.transforms.ct
+NOISE_STD, BLUR_SIGMA, CONTRAST = 0.005, 1.0, (0.5, 1.5)
+SCALE, ROTATE, SHEAR, TRANSLATE = (0.5, 2.0), math.radians(40.0), math.tan(math.radians(16.0)), 0.2  # translate × size
+ELASTIC_SPACING, ELASTIC_MAGNITUDE = 0.25, (0.008, 0.03)  # × size
 
 
 class BatchedAugment:
@@ -106,23 +103,23 @@ class BatchedAugment:
         out["flip_cols"] = eye.clone()
         out["flip_cols"][:, 1, 1] = flip
         out["scale"] = eye.clone()
-        out["scale"][:, 0, 0] = self._uniform(*_SCALE, (b,), device, g)
-        out["scale"][:, 1, 1] = self._uniform(*_SCALE, (b,), device, g)
-        theta = self._uniform(-_ROTATE, _ROTATE, (b,), device, g)
+        out["scale"][:, 0, 0] = self._uniform(*SCALE, (b,), device, g)
+        out["scale"][:, 1, 1] = self._uniform(*SCALE, (b,), device, g)
+        theta = self._uniform(-ROTATE, ROTATE, (b,), device, g)
         out["rotate"] = eye.clone()
         out["rotate"][:, 0, 0], out["rotate"][:, 0, 1] = torch.cos(theta), -torch.sin(theta)
         out["rotate"][:, 1, 0], out["rotate"][:, 1, 1] = torch.sin(theta), torch.cos(theta)
         out["shear"] = eye.clone()
-        out["shear"][:, 0, 1] = self._uniform(-_SHEAR, _SHEAR, (b,), device, g)
+        out["shear"][:, 0, 1] = self._uniform(-SHEAR, SHEAR, (b,), device, g)
         out["translate"] = eye.clone()
-        out["translate"][:, :2, 2] = self._uniform(-_TRANSLATE * self.size, _TRANSLATE * self.size, (b, 2), device, g)
+        out["translate"][:, :2, 2] = self._uniform(-TRANSLATE * self.size, TRANSLATE * self.size, (b, 2), device, g)
         return out
 
     def _elastic_field(self, b: int, device, g) -> torch.Tensor:
         """(B, 2, S, S) displacement (rows, columns) in pixels: normal offsets on a lattice, bicubic, centre crop."""
-        spacing = max(1, round(_ELASTIC_SPACING * self.size))
+        spacing = max(1, round(ELASTIC_SPACING * self.size))
         n = int(math.ceil((self.size - 1.0) / (2.0 * spacing) + 0.5) * 2 + 2)  # MONAI's control-grid size
-        magnitude = self._uniform(*(m * self.size for m in _ELASTIC_MAGNITUDE), (b, 1, 1, 1), device, g)
+        magnitude = self._uniform(*(m * self.size for m in ELASTIC_MAGNITUDE), (b, 1, 1, 1), device, g)
         offsets = torch.randn(b, 2, n, n, device=device, generator=g) * magnitude
         field = F.interpolate(offsets, scale_factor=spacing, mode="bicubic", align_corners=False)
         start = (field.shape[-1] - self.size) // 2
@@ -169,13 +166,13 @@ class BatchedAugment:
             use = (member == elastic_id).nonzero().flatten()
             if use.numel():  # the displacement field looked up where the chain is
                 field = self._elastic_field(use.numel(), device, g)
-                where = self._normalised(pos[use].reshape(-1, 2, size, size))
+                where = self._normalized(pos[use].reshape(-1, 2, size, size))
                 shift = F.grid_sample(field, where, align_corners=False).reshape(-1, 2, size * size)
                 pos = pos.clone()
                 pos[use] = pos[use] + shift
-        return self._normalised(pos.reshape(n, 2, size, size))
+        return self._normalized(pos.reshape(n, 2, size, size))
 
-    def _normalised(self, pos: torch.Tensor) -> torch.Tensor:
+    def _normalized(self, pos: torch.Tensor) -> torch.Tensor:
         """(B, 2, H, W) centred (row, column) pixel coordinates → ``grid_sample`` grid (B, H, W, 2) in (x, y)."""
         scale = 2.0 / self.size
         return torch.stack([pos[:, 1] * scale, pos[:, 0] * scale], -1)  # pixel centres, align_corners=False
@@ -183,7 +180,7 @@ class BatchedAugment:
     def _intensity(self, image: torch.Tensor, slots: torch.Tensor, g) -> torch.Tensor:
         """Noise, blur and contrast on the samples that drew them, in each sample's drawn order."""
         b, device = image.shape[0], image.device
-        alpha = self._uniform(*_CONTRAST, (b, 1, 1, 1), device, g)
+        alpha = self._uniform(*CONTRAST, (b, 1, 1, 1), device, g)
         ids = {name: MEMBERS.index(name) for name in ("noise", "blur", "contrast")}
         for slot in range(slots.shape[1]):
             member = slots[:, slot]
@@ -193,9 +190,9 @@ class BatchedAugment:
                     continue
                 x = image[use]
                 if name == "noise":
-                    x = x + torch.randn(x.shape, device=device, generator=g) * _NOISE_STD
+                    x = x + torch.randn(x.shape, device=device, generator=g) * NOISE_STD
                 elif name == "blur":
-                    x = _blur(x, _BLUR_SIGMA)
+                    x = _blur(x, BLUR_SIGMA)
                 else:
                     x = x * alpha[use]
                 image = image.index_copy(0, use, x)

@@ -33,7 +33,6 @@ per-transform RNG is seeded per DataLoader worker and epoch, which fixes the off
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
 
 import torch
@@ -61,7 +60,18 @@ from monai.transforms import (
 from bundle.data.synapse import HU_WINDOW
 from bundle.io.validation import ValidateVolumed
 from bundle.io.volume import LoadVolumed
-from bundle.transforms.augment import MEMBERS
+from bundle.transforms.augment import (
+    BLUR_SIGMA,
+    CONTRAST,
+    ELASTIC_MAGNITUDE,
+    ELASTIC_SPACING,
+    MEMBERS,
+    NOISE_STD,
+    ROTATE,
+    SCALE,
+    SHEAR,
+    TRANSLATE,
+)
 from bundle.transforms.geometry import (
     DEFAULT_AXCODES,
     body_mask,
@@ -166,21 +176,21 @@ def augmentation(
     transforms = [
         RandFlipd(keys=both, prob=0.5, spatial_axis=0),
         RandFlipd(keys=both, prob=0.5, spatial_axis=1),
-        RandGaussianNoised(keys=img, prob=1.0, mean=0.0, std=0.005, sample_std=False),
-        RandGaussianSmoothd(keys=img, prob=1.0, sigma_x=(1.0, 1.0), sigma_y=(1.0, 1.0)),
-        RandScaleIntensityd(keys=img, prob=1.0, factors=(-0.5, 0.5)),
-        RandAffined(scale_range=((-0.5, 1.0), (-0.5, 1.0)), **affine),
-        RandAffined(rotate_range=(math.radians(40.0),), **affine),
-        RandAffined(shear_range=(math.tan(math.radians(16.0)), 0.0), **affine),
+        RandGaussianNoised(keys=img, prob=1.0, mean=0.0, std=NOISE_STD, sample_std=False),
+        RandGaussianSmoothd(keys=img, prob=1.0, sigma_x=(BLUR_SIGMA,) * 2, sigma_y=(BLUR_SIGMA,) * 2),
+        RandScaleIntensityd(keys=img, prob=1.0, factors=(CONTRAST[0] - 1, CONTRAST[1] - 1)),
+        RandAffined(scale_range=((SCALE[0] - 1, SCALE[1] - 1),) * 2, **affine),
+        RandAffined(rotate_range=(ROTATE,), **affine),
+        RandAffined(shear_range=(SHEAR, 0.0), **affine),
         Rand2DElasticd(
             keys=both,
             prob=1.0,
-            spacing=(size / 4, size / 4),
-            magnitude_range=(0.008 * size, 0.03 * size),
+            spacing=(ELASTIC_SPACING * size,) * 2,
+            magnitude_range=(ELASTIC_MAGNITUDE[0] * size, ELASTIC_MAGNITUDE[1] * size),
             mode=modes,
             padding_mode="zeros",
         ),
-        RandAffined(translate_range=(0.2 * size, 0.2 * size), **affine),
+        RandAffined(translate_range=(TRANSLATE * size,) * 2, **affine),
     ]
     names = MEMBERS if members is None else [m for m in MEMBERS if m in set(members)]
     if members is not None and (len(names) != len(set(members)) or not names):
@@ -189,7 +199,7 @@ def augmentation(
     return SomeOf(chosen, num_transforms=(0, min(4, len(chosen))), replace=False)
 
 
-def normalise(keys: Sequence[str] = ("image",)) -> NormalizeIntensityd:
+def normalize(keys: Sequence[str] = ("image",)) -> NormalizeIntensityd:
     """(x − 0.5) / 0.5: the official ``Normalize([0.5], [0.5])`` from [0, 1] to [-1, 1]."""
     return NormalizeIntensityd(keys=list(keys), subtrahend=0.5, divisor=0.5)
 
@@ -223,5 +233,5 @@ def slice_transforms(
     ]
     if augment:
         steps.append(augmentation(size, keys, augment_members))
-    steps += [normalise(keys[:1]), EnsureTyped(keys=keys, dtype="float32", track_meta=False)]
+    steps += [normalize(keys[:1]), EnsureTyped(keys=keys, dtype="float32", track_meta=False)]
     return Compose(steps)

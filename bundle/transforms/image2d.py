@@ -213,7 +213,7 @@ def image2d_augmentation(keys: Sequence[str] = ("image", "label"), label_key: st
     )
 
 
-def imagenet_normalise(keys: KeysCollection) -> NormalizeIntensityd:
+def imagenet_normalize(keys: KeysCollection) -> NormalizeIntensityd:
     """Per-channel ImageNet mean/std on [0, 1] RGB (the statistics timm's encoders were pretrained with)."""
     return NormalizeIntensityd(
         keys=keys, subtrahend=np.asarray(IMAGENET_MEAN), divisor=np.asarray(IMAGENET_STD), channel_wise=True
@@ -230,7 +230,7 @@ def load_steps(
         label_key: the mask key.
         channels: network input channels (gray images are repeated, RGBA loses alpha).
         normalize: ``"imagenet"`` (needs 3 channels), ``"minmax"`` (per image) or ``None``/``"none"`` (by dtype);
-            only ``minmax`` acts here, ImageNet statistics come after augmentation (:func:`imagenet_normalise`).
+            only ``minmax`` acts here, ImageNet statistics come after augmentation (:func:`imagenet_normalize`).
 
     Returns:
         ``(image_keys, label_keys, steps)``.
@@ -278,7 +278,7 @@ def image2d_transforms(
     if augment:
         steps.append(image2d_augmentation(keys, label_key))
     if normalize == "imagenet":
-        steps.append(imagenet_normalise(images))
+        steps.append(imagenet_normalize(images))
     steps.append(EnsureTyped(keys=keys, dtype="float32", track_meta=True))
     return Compose(steps)
 

@@ -30,7 +30,7 @@ from monai.transforms import (
 )
 
 from bundle.errors import InputError
-from bundle.transforms.image2d import Resize2Dd, imagenet_normalise, load_steps
+from bundle.transforms.image2d import Resize2Dd, imagenet_normalize, load_steps
 
 
 def official_augmentation(keys: Sequence[str] = ("image", "label"), label_key: str = "label") -> OneOf:
@@ -109,6 +109,6 @@ def microscopy_transforms(
     if augment:
         steps.append(official_augmentation(keys, label_key))
     if normalize == "imagenet":
-        steps.append(imagenet_normalise(images))
+        steps.append(imagenet_normalize(images))
     steps.append(EnsureTyped(keys=keys, dtype="float32", track_meta=True))
     return Compose(steps)
