@@ -14,7 +14,7 @@ import torch
 from monai.handlers import CheckpointLoader
 
 from bundle.errors import InputError
-from bundle.networks.convert import state_dict_mismatch, unwrap_state_dict
+from bundle.networks.convert_msa2net import state_dict_mismatch, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from bundle.networks.convert import state_dict_mismatch, summarize_conversion, unwrap_state_dict
+from bundle.networks.convert_msa2net import state_dict_mismatch, summarize_conversion, unwrap_state_dict
 from bundle.networks.sa2net import SA2Net
 
 __all__ = ["SA2NetConversionReport", "rename_official_key", "convert_official_state_dict"]
@@ -107,7 +107,7 @@ def _describe(state: Mapping[str, torch.Tensor]) -> str:
     if {"encoder", "sa2", "decoder", "head"} <= set(prefixes):
         guess = " This is already this package's SA2Net layout: load it directly, without converting."
     elif any(p.startswith("backbone") for p in prefixes) and any(p.startswith("decoder_") for p in prefixes):
-        guess = " This looks like an MSA²Net checkpoint: use bundle.networks.convert instead."
+        guess = " This looks like an MSA²Net checkpoint: use bundle.networks.convert_msa2net instead."
     elif "mtc" in prefixes:
         guess = " This looks like UCTransNet (the baseline in the same repository), not SA2-Net."
     shown = ", ".join(prefixes[:12]) + (", ..." if len(prefixes) > 12 else "")

@@ -43,7 +43,7 @@ from bundle.inferers.axial import AxialSliceInferer  # noqa: E402
 from bundle.inferers.backends import cpu_supports_bf16, optimize_for_inference  # noqa: E402
 from bundle.io.volume import SaveLabelNiftid  # noqa: E402
 from bundle.networks import MSA2Net  # noqa: E402
-from bundle.networks.convert import convert_official_state_dict  # noqa: E402
+from bundle.networks.convert_msa2net import convert_official_state_dict  # noqa: E402
 from bundle.networks.official import official_msa2net  # noqa: E402
 from bundle.training.losses import BoundaryDoULoss, make_loss  # noqa: E402
 from bundle.transforms.ct import ct_volume_transforms  # noqa: E402

@@ -7,7 +7,7 @@ Examples::
 
 The result is a plain state dict that the network loads with ``strict=True`` (proved here before anything is
 written); the keys of modules the official model builds but never runs are dropped and listed. The key maps live
-beside each network (``bundle/networks/convert.py`` for MSA²Net, ``bundle/networks/convert_sa2net.py`` for SA2-Net).
+beside each network (``bundle/networks/convert_msa2net.py`` for MSA²Net, ``bundle/networks/convert_sa2net.py`` for SA2-Net).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bundle.errors import InputError, run_script
 from bundle.io.atomic import atomic_path, atomic_write_text
 from bundle.io.checkpoint import read_state_dict
 from bundle.networks import MSA2Net, SA2Net
-from bundle.networks import convert as msa2net_keys
+from bundle.networks import convert_msa2net as msa2net_keys
 from bundle.networks import convert_sa2net as sa2net_keys
 
 

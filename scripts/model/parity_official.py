@@ -29,7 +29,7 @@ import torch
 
 from bundle.errors import InputError, run_script
 from bundle.networks import MSA2Net, SA2Net
-from bundle.networks import convert as msa2net_keys
+from bundle.networks import convert_msa2net as msa2net_keys
 from bundle.networks import convert_sa2net as sa2net_keys
 from bundle.networks import official
 

@@ -18,7 +18,7 @@ from conftest import ROOT as CONFTEST_ROOT
 
 from bundle.io.checkpoint import read_state_dict as read_checkpoint
 from bundle.networks import MSA2Net
-from bundle.networks.convert import convert_official_state_dict, official_variant_of
+from bundle.networks.convert_msa2net import convert_official_state_dict, official_variant_of
 
 ROOT = Path(CONFTEST_ROOT)
 DATA = Path(FIXTURES)
