@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bundle.errors import InputError
-from bundle.io.checkpoint import TrainedSettings, check_checkpoint
+from bundle.io.checkpoint import TrainedSettings, check_checkpoint, require_checkpoint
 
 
 def load_checkpoints(
@@ -46,17 +46,12 @@ def load_checkpoints(
         ckpt_paths = [ckpt_paths]
     members = []
     for path in ckpt_paths or []:
-        if not os.path.isfile(str(path)):
-            raise InputError(
-                f"checkpoint {path} in ckpt_paths does not exist; list existing files, e.g. "
-                "--ckpt_paths \"['runs/fold0/model.pt','runs/fold1/model.pt']\", or leave ckpt_paths empty to "
-                "use ckpt_path."
-            )
+        require_checkpoint(str(path), "--ckpt_paths")
 
         if settings is not None:
             settings.check(str(path))
         # bare or training checkpoint; refused (InputError) if for another network, variant or class count
-        state = check_checkpoint(str(path), {"model": network}, map_location)["model"]
+        state = check_checkpoint(str(path), {"model": network}, map_location, option="--ckpt_paths")["model"]
         member = copy.deepcopy(network)
         member.load_state_dict(state)
         member.eval()

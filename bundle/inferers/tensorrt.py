@@ -36,6 +36,7 @@ import torch
 
 from bundle.errors import InputError
 from bundle.io.atomic import check_writable_dir
+from bundle.io.checkpoint import require_checkpoint
 
 __all__ = [
     "TRT_PRECISIONS",
@@ -156,11 +157,7 @@ def plan_base(
     Raises:
         InputError: the checkpoint does not exist, or the folder is not writable.
     """
-    if not os.path.isfile(str(ckpt_path)):
-        raise InputError(
-            f"checkpoint {ckpt_path} does not exist: the TensorRT engine is built from its weights; pass "
-            "--ckpt_path <trained model.pt> (or --ckpt_paths for an ensemble)."
-        )
+    require_checkpoint(ckpt_path)  # the engine is built from its weights
     folder = check_writable_dir(cache_dir or os.path.dirname(os.path.abspath(ckpt_path)), "trt_cache_dir")
     name = f"{os.path.basename(ckpt_path)}.{_digest(ckpt_path)}.trt_{precision}_b{int(max_batch)}_o{int(opt_level)}"
     return os.path.join(folder, name)

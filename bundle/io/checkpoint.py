@@ -20,17 +20,28 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def read_checkpoint(path: str, map_location=None, mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` of ``path``; :class:`InputError` naming the file and the fix on failure.
+def require_checkpoint(path: str, option: str = "--ckpt_path") -> str:
+    """``path`` if it is a file; else the one message for a missing checkpoint, naming the option that gave it.
 
-    ``mmap=True`` maps the file instead of reading it (cheap when only a small entry such as ``geometry`` is needed).
+    Raises:
+        InputError: ``path`` is not a file.
     """
     if not os.path.isfile(str(path)):
         raise InputError(
-            f"checkpoint {path} does not exist: give an existing file with --ckpt_path (a training run writes its "
+            f"checkpoint {path} does not exist: give an existing file with {option} (a training run writes its "
             "best model to <output_dir>/model.pt, and with --publish_model True also to models/; official weights: "
             "scripts/model/convert_official.py)."
         )
+    return str(path)
+
+
+def read_checkpoint(path: str, map_location=None, mmap: bool = False, option: str = "--ckpt_path") -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; :class:`InputError` naming the file and the fix on failure.
+
+    ``mmap=True`` maps the file instead of reading it: tensors' shapes, and small entries such as ``geometry``, are
+    then available without reading the weights (a later full load reads the file once).
+    """
+    require_checkpoint(path, option)
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
@@ -44,7 +55,9 @@ def read_checkpoint(path: str, map_location=None, mmap: bool = False) -> Any:
         raise InputError(f"checkpoint {path} {why}: {fix}.") from None
 
 
-def check_checkpoint(path: str, load_dict: Mapping[str, Any], map_location=None) -> Dict[str, Any]:
+def check_checkpoint(
+    path: str, load_dict: Mapping[str, Any], map_location=None, mmap: bool = False, option: str = "--ckpt_path"
+) -> Dict[str, Any]:
     """Loads ``path`` with ``weights_only=True`` and checks it against ``load_dict`` before anything is changed.
 
     Args:
@@ -52,6 +65,8 @@ def check_checkpoint(path: str, load_dict: Mapping[str, Any], map_location=None)
         load_dict: ``{"model": network, "optimizer": …}`` as for ``CheckpointLoader``; a bare state dict checkpoint
             is accepted for a single object.
         map_location: as for ``torch.load``.
+        mmap: map the file instead of reading it (a check only: the weights are read by whoever loads them next).
+        option: the command-line option that named ``path``, for the missing-file message.
 
     Returns:
         The checkpoint as a dict keyed like ``load_dict``.
@@ -60,7 +75,7 @@ def check_checkpoint(path: str, load_dict: Mapping[str, Any], map_location=None)
         InputError: missing / unreadable / unsafe file, missing objects, or model weights of another network,
             variant or class count.
     """
-    ckpt = read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, "cpu" if mmap else map_location, mmap=mmap, option=option)
     if not isinstance(ckpt, Mapping):
         raise InputError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: give a state-dict checkpoint.")
     first = next(iter(load_dict))
@@ -227,8 +242,8 @@ class CheckedCheckpointLoader(CheckpointLoader):
     """
 
     def __call__(self, engine) -> None:
-        if self.strict_shape:
-            check_checkpoint(self.load_path, self.load_dict, self.map_location)
+        if self.strict_shape:  # names and shapes from a memory map: the file is read once, by MONAI's load below
+            check_checkpoint(self.load_path, self.load_dict, mmap=True)
         super().__call__(engine)  # MONAI 1.6.1 loads with weights_only=True itself
 
 

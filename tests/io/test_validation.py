@@ -457,3 +457,29 @@ def test_training_config_refuses_unwritable_output_dir_before_building_anything(
         wf.run()
     assert re.match(r"ckpt_dir .*a_file/run/checkpoints is not writable .*--ckpt_dir", root_input_error(err.value))
     assert not os.path.exists(tmp_path / "a_file" / "run")
+
+
+def test_the_checkpoint_check_maps_the_file_and_the_loader_reads_it_once(tmp_path, monkeypatch):
+    """CheckedCheckpointLoader checks names and shapes from a memory map, so an inference run reads the weights once
+    (by MONAI's load), not twice; a missing ensemble member names --ckpt_paths."""
+    from monai.handlers import CheckpointLoader
+
+    from bundle.inferers.ensemble import load_checkpoints
+    from bundle.io import checkpoint
+
+    net = torch.nn.Conv2d(1, 2, 3)
+    path = tmp_path / "w.pt"
+    torch.save({"model": net.state_dict()}, path)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(bool(kwargs.get("mmap")))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    monkeypatch.setattr(CheckpointLoader, "__call__", lambda self, engine: torch.load(self.load_path, weights_only=True))
+    checkpoint.CheckedCheckpointLoader(load_path=str(path), load_dict={"model": net})(engine=None)
+    assert calls == [True, False]  # the check maps, the load reads
+    with pytest.raises(InputError, match=r"nope\.pt does not exist: give an existing file with --ckpt_paths"):
+        load_checkpoints(net, [str(tmp_path / "nope.pt")])
