@@ -26,6 +26,32 @@ class InputError(ValueError):
     """Bad user input (data, checkpoint, command line). The message names the file and the fix."""
 
 
+def check_choice(option: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices`` (an option the command line sets), as MONAI's ``look_up_option`` but
+    raising :class:`InputError` with the option's name, so it prints as one line.
+
+    Raises:
+        InputError: ``value`` is not one of ``choices``.
+    """
+    if value not in choices:
+        raise InputError(f"--{option} {value!r} is not one of {list(choices)}.")
+    return value
+
+
+def check_subset(option: str, values: Sequence[Any], choices: Sequence[Any]) -> tuple:
+    """``values`` as a tuple if it is a non-empty list of distinct members of ``choices``.
+
+    Raises:
+        InputError: empty, repeated or unknown members.
+    """
+    values = tuple(values)
+    if not values or len(set(values)) != len(values) or not set(values) <= set(choices):
+        raise InputError(
+            f"--{option} must be a non-empty list of distinct names from {list(choices)}, got {list(values)}."
+        )
+    return values
+
+
 # ----------------------------------------------------------------------------------------------- command line
 def root_input_error(err: BaseException) -> Optional[str]:
     """The :class:`InputError` message in ``err``'s cause/context chain (or in a DataLoader worker's text).

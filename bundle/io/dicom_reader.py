@@ -30,7 +30,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import ensure_tuple
 
-from bundle.errors import InputError
+from bundle.errors import InputError, check_choice
 from bundle.io.dicom_series import Series, is_dicom_ref, resolve_ref
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,7 @@ def check_output_type(output_type: str) -> str:
     Raises:
         InputError: another value (the option is set on the command line).
     """
-    if output_type not in OUTPUT_TYPES:
-        raise InputError(f"--output_type {output_type!r} is not one of {list(OUTPUT_TYPES)}.")
-    return output_type
+    return check_choice("output_type", output_type, OUTPUT_TYPES)
 
 
 def wants_nifti(output_type: str) -> bool:

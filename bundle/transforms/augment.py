@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from bundle.errors import check_choice, check_subset
 from bundle.transforms.geometry import gaussian_blur
 
 MEMBERS = ("flip_rows", "flip_cols", "noise", "blur", "contrast", "scale", "rotate", "shear", "elastic", "translate")
@@ -68,12 +69,8 @@ class BatchedAugment:
     """
 
     def __init__(self, size: int = 224, members: Optional[Sequence[str]] = None, image_mode: str = "bilinear"):
-        members = tuple(MEMBERS if members is None else members)
-        unknown = [m for m in members if m not in MEMBERS]
-        if unknown or not members:
-            raise ValueError(f"members must be a non-empty subset of {MEMBERS}, got {list(members)}.")
-        if image_mode not in ("bilinear", "nearest"):
-            raise ValueError(f"image_mode must be 'bilinear' or 'nearest', got {image_mode!r}.")
+        members = MEMBERS if members is None else check_subset("augment_members", members, MEMBERS)
+        check_choice("image_mode", image_mode, ("bilinear", "nearest"))
         self.size, self.members, self.image_mode = int(size), members, image_mode
 
     # --------------------------------------------------------------------------------------------------- draws

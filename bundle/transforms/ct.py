@@ -58,6 +58,7 @@ from monai.transforms import (
 )
 
 from bundle.data.synapse import HU_WINDOW
+from bundle.errors import check_subset
 from bundle.io.validation import ValidateVolumed
 from bundle.io.volume import LoadVolumed
 from bundle.transforms.augment import (
@@ -192,9 +193,7 @@ def augmentation(
         ),
         RandAffined(translate_range=(TRANSLATE * size,) * 2, **affine),
     ]
-    names = MEMBERS if members is None else [m for m in MEMBERS if m in set(members)]
-    if members is not None and (len(names) != len(set(members)) or not names):
-        raise ValueError(f"augment_members must be a non-empty subset of {MEMBERS}, got {list(members)}.")
+    names = MEMBERS if members is None else check_subset("augment_members", members, MEMBERS)
     chosen = [t for name, t in zip(MEMBERS, transforms) if name in names]
     return SomeOf(chosen, num_transforms=(0, min(4, len(chosen))), replace=False)
 

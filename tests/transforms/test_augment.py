@@ -140,3 +140,19 @@ def test_cuda_draws_the_same_distributions_as_cpu():
     for stat in (lambda x: x.mean(), lambda x: x.std()):
         assert abs(float(stat(out_cpu)) - float(stat(out_gpu))) < 0.02
     assert np.isfinite(out_gpu.numpy()).all()
+
+
+def test_augmentation_options_are_refused_in_one_line_on_both_paths():
+    """--augment_members and image_mode are command-line options: both data paths refuse a bad value with the same
+    InputError (one line), not a ValueError with a traceback."""
+    from bundle.errors import InputError
+    from bundle.transforms.augment import BatchedAugment
+    from bundle.transforms.ct import augmentation
+
+    for bad in (["flip"], [], ["blur", "blur"]):
+        for build in (lambda m: BatchedAugment(224, members=m), lambda m: augmentation(224, members=m)):
+            with pytest.raises(InputError, match=r"--augment_members must be a non-empty list of distinct names"):
+                build(bad)
+    with pytest.raises(InputError, match=r"--image_mode 'cubic' is not one of \['bilinear', 'nearest'\]"):
+        BatchedAugment(224, image_mode="cubic")
+    assert BatchedAugment(224, members=["blur", "noise"]).members == ("blur", "noise")
