@@ -62,8 +62,13 @@ def segment(url: str, study: dict, out: str, ckpt: str, overlay: Optional[str], 
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     peak = next((ln.split()[1] for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB ")), "0")
-    return {"study": study["study_uid"], "rc": proc.returncode, "wall_s": round(wall, 1),
-            "peak_rss_gib": round(int(peak) / 2**20, 2), "error": proc.stderr[-400:] if proc.returncode else ""}
+    return {
+        "study": study["study_uid"],
+        "rc": proc.returncode,
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(int(peak) / 2**20, 2),
+        "error": proc.stderr[-400:] if proc.returncode else "",
+    }
 
 
 # runs "python -m <module> …" and prints the process's peak RSS on exit (the child of a subprocess has its own)

@@ -3,13 +3,8 @@
 Usage: python scripts/data/fetch_demo.py [--dest demo_data] [--sdist path/to/totalsegmentator-2.18.0.tar.gz]
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
-
-from bundle.data.demos import build_demo  # noqa: E402
-from bundle.errors import run_script  # noqa: E402
+from bundle.data.demos import build_demo
+from bundle.errors import run_script
 
 
 def main(dest: str = "demo_data", sdist: str = None, holdout_every: int = 4) -> None:

@@ -9,15 +9,13 @@ the split, training, evaluation and inference end to end (docs/isic2018.md).
 """
 
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from bundle.data.isic import IMAGES_DIR, MASKS_DIR  # noqa: E402
-from bundle.data.synthetic import synthetic_lesion  # noqa: E402
-from bundle.errors import InputError, run_script  # noqa: E402
+from bundle.data.isic import IMAGES_DIR, MASKS_DIR
+from bundle.data.synthetic import synthetic_lesion
+from bundle.errors import InputError, run_script
 
 
 def main(dst: str = "data/isic_synthetic", n: int = 12, seed: int = 0) -> None:

@@ -10,13 +10,8 @@ Usage:
 and ``<dst>/split.json``; see docs/isic2018.md.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
-
-from bundle.data.isic import prepare_isic2018  # noqa: E402
-from bundle.errors import run_script  # noqa: E402
+from bundle.data.isic import prepare_isic2018
+from bundle.errors import run_script
 
 
 def main(

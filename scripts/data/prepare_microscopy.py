@@ -12,11 +12,8 @@ See ``docs/microscopy.md`` and ``bundle/data/microscopy.py`` for the layouts.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
-
-from bundle.data.microscopy import (  # noqa: E402
+from bundle.data.microscopy import (
     OFFICIAL_SEED,
     build_datalist,
     find_glas,
@@ -24,7 +21,7 @@ from bundle.data.microscopy import (  # noqa: E402
     find_uctransnet,
     write_fold_files,
 )
-from bundle.errors import run_script  # noqa: E402
+from bundle.errors import run_script
 
 
 def _finish(pairs, dst, name, num_folds, seed, layout):

@@ -5,14 +5,9 @@ Usage:
     python scripts/data/prepare_synapse.py transunet --src project_TransUNet/data/Synapse --dst data/synapse
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
-
-from bundle.data.synapse import prepare_btcv  # noqa: E402
-from bundle.data.transunet import import_transunet  # noqa: E402
-from bundle.errors import run_script  # noqa: E402
+from bundle.data.synapse import prepare_btcv
+from bundle.data.transunet import import_transunet
+from bundle.errors import run_script
 
 
 def btcv(src: str, dst: str = "data/synapse", validation_from_test: bool = True) -> None:

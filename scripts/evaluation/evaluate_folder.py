@@ -16,10 +16,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the bundle root
-
-from bundle.errors import install_error_hook  # noqa: E402
-from bundle.evaluation.folder import evaluate_folder  # noqa: E402
+from bundle.errors import install_error_hook
+from bundle.evaluation.folder import evaluate_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:

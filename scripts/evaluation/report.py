@@ -9,27 +9,23 @@ A thin door over :mod:`bundle.evaluation.reports`; see docs/evaluation.md. Examp
 """
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from anywhere
-
-from bundle.data.synapse import HU_WINDOW  # noqa: E402
-from bundle.errors import InputError, run_script  # noqa: E402
-from bundle.evaluation.metrics import SYNAPSE_CLASSES  # noqa: E402
-from bundle.evaluation.plots import (  # noqa: E402
+from bundle.data.synapse import HU_WINDOW
+from bundle.errors import InputError, run_script
+from bundle.evaluation.metrics import SYNAPSE_CLASSES
+from bundle.evaluation.plots import (
     plot_dice_bars,
     plot_overlay,
     plot_training_curves,
     read_training_history,
     select_slices,
 )
-from bundle.evaluation.tables import PAPER_MSA2NET_SYNAPSE  # noqa: E402
-from bundle.transforms.geometry import reorient_array  # noqa: E402
+from bundle.evaluation.tables import PAPER_MSA2NET_SYNAPSE
+from bundle.transforms.geometry import reorient_array
 
 
 def _stem(path) -> str:

@@ -7,16 +7,14 @@ Example::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot: no display here
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bundle.errors import run_script  # noqa: E402
 from bundle.networks import VARIANTS  # noqa: E402
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from bundle.errors import InputError, run_script
+from bundle.io.atomic import atomic_path
+from bundle.transforms.geometry import checkpoint_geometry, metadata_with_geometry
 
-from bundle.errors import InputError, run_script  # noqa: E402
-from bundle.io.atomic import atomic_path  # noqa: E402
-from bundle.transforms.geometry import checkpoint_geometry, metadata_with_geometry  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 META = os.path.join(ROOT, "configs", "metadata.json")
 CONFIG = os.path.join(ROOT, "configs", "inference.yaml")

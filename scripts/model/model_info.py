@@ -9,15 +9,13 @@ Example::
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bundle.errors import run_script  # noqa: E402
-from bundle.networks import VARIANTS, MSA2Net  # noqa: E402
-from bundle.networks.info import count_macs, parameters_by_part  # noqa: E402
+from bundle.errors import run_script
+from bundle.networks import VARIANTS, MSA2Net
+from bundle.networks.info import count_macs, parameters_by_part
 
 
 def describe(variant: str, in_channels: int = 1, out_channels: int = 9) -> dict:

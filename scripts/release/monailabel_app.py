@@ -43,12 +43,11 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bundle.errors import InputError, run_script
+from bundle.io.checkpoint import check_checkpoint
+from bundle.transforms.geometry import checkpoint_geometry
+
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from bundle.errors import InputError, run_script  # noqa: E402
-from bundle.io.checkpoint import check_checkpoint  # noqa: E402
-from bundle.transforms.geometry import checkpoint_geometry  # noqa: E402
 
 NAME = "msa2net_synapse_ct_segmentation"  # the zoo name (scripts/release/package_bundle.py)
 STOCK_APP = "monaibundle"

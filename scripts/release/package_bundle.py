@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import yaml
 
+from bundle.data.fetch import sha256
+from bundle.errors import InputError, run_script
+from bundle.transforms.geometry import Geometry, checkpoint_geometry, metadata_with_geometry
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from bundle.data.fetch import sha256  # noqa: E402
-from bundle.errors import InputError, run_script  # noqa: E402
-from bundle.transforms.geometry import Geometry, checkpoint_geometry, metadata_with_geometry  # noqa: E402
 
 NAME = "msa2net_synapse_ct_segmentation"
 INCLUDE_DIRS = ["bundle", "configs", "docs", "scripts"]

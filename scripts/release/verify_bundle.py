@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Callable, List, Tuple
 
+from bundle.errors import run_script
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # the zoo's tests put the bundle root first, for `bundle.…` targets
-from bundle.errors import run_script  # noqa: E402
 
 META = "configs/metadata.json"
 INFER = "configs/inference.yaml"
