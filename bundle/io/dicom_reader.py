@@ -28,6 +28,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 from monai.data import ImageReader
+from monai.data.utils import affine_to_spacing
 from monai.utils import ensure_tuple
 
 from bundle.errors import InputError, check_choice
@@ -108,13 +109,15 @@ class DicomSeriesReader(ImageReader):
         """(columns, rows, grid slices) float32 HU and MONAI meta (RAS affine, as ``ITKReader``), plus
         :data:`DICOM_META`."""
         series, geometry = img, img.geometry
-        volume = np.empty((series.columns, series.rows, geometry.n_grid), dtype=np.float32)
-        filled = np.zeros(geometry.n_grid, dtype=bool)
+        files = [""] * geometry.n_grid  # the source instance of each grid slice ('' where a slice is missing)
         for path, k in zip(series.files, geometry.grid_index):
-            volume[:, :, k] = _read_pixels(path, series).T
-            filled[k] = True
-        if not filled.all():
-            volume[:, :, ~filled] = volume[:, :, filled].min()
+            files[int(k)] = path
+        volume = np.empty((series.columns, series.rows, geometry.n_grid), dtype=np.float32)
+        for k, path in enumerate(files):
+            if path:
+                volume[:, :, k] = _read_pixels(path, series).T
+        if geometry.missing:  # air after the HU window: nothing to segment where nothing was scanned
+            volume[:, :, geometry.missing] = volume[:, :, geometry.grid_index].min()
         row, col = np.asarray(series.orientation[:3]), np.asarray(series.orientation[3:])
         lps = np.eye(4)
         lps[:3, 0] = row * series.pixel_spacing[1]  # i walks along a row: column spacing
@@ -122,9 +125,6 @@ class DicomSeriesReader(ImageReader):
         lps[:3, 2] = geometry.step
         lps[:3, 3] = series.positions[0]
         affine = _LPS_TO_RAS @ lps
-        files = [""] * geometry.n_grid
-        for path, k in zip(series.files, geometry.grid_index):
-            files[int(k)] = path
         record = {
             "tag": series.tag,
             "series_uid": series.uid,
@@ -135,7 +135,7 @@ class DicomSeriesReader(ImageReader):
             "files": files,
         }
         meta = {
-            "spacing": np.linalg.norm(affine[:3, :3], axis=0),
+            "spacing": affine_to_spacing(affine, r=3),
             "original_affine": affine,
             "affine": affine.copy(),
             "space": "RAS",
