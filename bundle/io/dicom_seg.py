@@ -58,14 +58,19 @@ def _code(value: str, meaning: str):
     return CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
 
 
-def segment_descriptions(labels: Sequence[int], names: Sequence[str], algorithm) -> List[Any]:
+def segment_descriptions(
+    labels: Sequence[int], names: Sequence[str], algorithm, uid_seed: Sequence[str] = ()
+) -> List[Any]:
     """highdicom SegmentDescriptions for the label values ``labels`` (segments 1..n in that order).
 
     Args:
         labels: label values present in the mask (1..), ascending.
         names: names of labels 1..N (``names[v - 1]`` names value ``v``).
         algorithm: a ``highdicom.AlgorithmIdentificationSequence``.
+        uid_seed: what the tracking UIDs derive from (with the label value), so one mask gives one object.
     """
+    from pydicom.uid import generate_uid
+
     import highdicom as hd
     from pydicom import Dataset
 
@@ -84,7 +89,7 @@ def segment_descriptions(labels: Sequence[int], names: Sequence[str], algorithm)
             algorithm_type="AUTOMATIC",
             algorithm_identification=algorithm,
             tracking_id=f"label {value}",
-            tracking_uid=hd.UID(),
+            tracking_uid=generate_uid(entropy_srcs=[*uid_seed, "tracking", str(value)]),
             display_color=hd.color.CIELabColor.from_rgb(*_COLORS[(value - 1) % len(_COLORS)]),
         )
         if side is not None:
@@ -115,8 +120,7 @@ def build_seg(
     mask: np.ndarray,
     files: Sequence[str],
     names: Sequence[str],
-    checkpoint: Optional[str] = None,
-    checkpoint_sha256: Optional[str] = None,
+    checkpoints: Sequence[str] = (),
     slice_spacing: Optional[float] = None,
 ):
     """A highdicom ``Segmentation`` of ``mask`` (H=columns, W=rows, D grid slices, as the NIfTI writer gets it).
@@ -125,7 +129,8 @@ def build_seg(
         mask: integer label map on the series' voxel grid ((columns, rows, slices) as the reader returned it).
         files: source instance per grid slice ('' where a slice is missing: no frame there).
         names: names of labels 1..N.
-        checkpoint / checkpoint_sha256: the weights' file and hash, for the algorithm identification and the UIDs.
+        checkpoints: the weights' file(s) (an ensemble: every member), named and hashed (SHA-256) in the algorithm
+            identification; the hashes feed the UIDs.
         slice_spacing: the grid's slice step (mm) when the slices are evenly spaced (missing ones allowed): written
             as SpacingBetweenSlices, which readers such as dcmqi take over SliceThickness (they differ for
             overlapping reconstructions, e.g. 3 mm slices every 2 mm); ``None`` for irregular or tilted series.
@@ -146,9 +151,10 @@ def build_seg(
     consecutive[labels] = np.arange(1, len(labels) + 1)
     sources = read_sources([files[k] for k in kept])
     first = sources[0]
-    parameters = {"checkpoint": os.path.basename(checkpoint) if checkpoint else "none"}
-    if checkpoint_sha256:
-        parameters["checkpoint_sha256"] = checkpoint_sha256
+    hashes = [file_sha256(c) for c in checkpoints]
+    parameters = {"checkpoint": "+".join(os.path.basename(c) for c in checkpoints) or "none"}  # "," separates keys
+    if hashes:
+        parameters["checkpoint_sha256"] = "+".join(hashes)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="MSA2Net",
         family=codes.cid7162.ArtificialIntelligence,
@@ -156,14 +162,14 @@ def build_seg(
         source="msa2net-bundle",
         parameters=parameters,
     )
-    entropy = [str(first.SeriesInstanceUID), checkpoint_sha256 or "", hashlib.sha256(frames.tobytes()).hexdigest()]
+    entropy = [str(first.SeriesInstanceUID), *hashes, hashlib.sha256(frames.tobytes()).hexdigest()]
     number = first.get("SeriesNumber")
     description = f"{first.get('SeriesDescription', '') or 'CT'} MSA2Net segmentation"
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=consecutive[frames],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(labels, names, algorithm),
+        segment_descriptions=segment_descriptions(labels, names, algorithm, entropy),
         series_instance_uid=generate_uid(entropy_srcs=entropy + ["series"]),
         series_number=int(number) + 1000 if number not in (None, "") else 1000,
         sop_instance_uid=generate_uid(entropy_srcs=entropy + ["instance"]),
@@ -190,7 +196,8 @@ class SaveDicomSegd(MapTransform):
         output_dir: destination folder.
         label_names: names of labels 1..N (the config's ``label_names``: Synapse's 8 organs for this bundle); a label
             without a name is written as ``label_<value>``.
-        ckpt_path: the checkpoint whose weights made the mask (named and hashed in the SEG).
+        checkpoints: the checkpoint(s) whose weights made the mask (an ensemble: every member; named and hashed in
+            the SEG).
         postfix: file name suffix.
         overwrite: replace an existing SEG.
     """
@@ -200,14 +207,14 @@ class SaveDicomSegd(MapTransform):
         keys: str = "pred",
         output_dir: str = "./eval",
         label_names: Optional[Sequence[str]] = None,
-        ckpt_path: Optional[str] = None,
+        checkpoints: Sequence[str] = (),
         postfix: str = "seg",
         overwrite: bool = False,
     ) -> None:
         super().__init__(keys)
         self.output_dir, self.postfix, self.overwrite = output_dir, postfix, overwrite
         self.names = list(label_names or [])
-        self.ckpt_path = str(ckpt_path) if ckpt_path and os.path.isfile(str(ckpt_path)) else None
+        self.checkpoints = [str(c) for c in checkpoints if c and os.path.isfile(str(c))]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
@@ -215,7 +222,8 @@ class SaveDicomSegd(MapTransform):
             pred = d[key]
             meta = getattr(pred, "meta", {})
             src = str(meta.get("filename_or_obj"))
-            files = dicom_record(meta).get("files")
+            record = dicom_record(meta)
+            files = record.get("files")
             if not files:
                 raise InputError(
                     f"{src} is not a DICOM series: a DICOM SEG references DICOM source images; use --output_type nifti."
@@ -226,15 +234,7 @@ class SaveDicomSegd(MapTransform):
             arr = pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred)
             if arr[0].shape[2] != len(files):
                 raise ValueError(f"the prediction for {src} has {arr[0].shape[2]} slices, its series {len(files)}.")
-            record = dicom_record(meta)
-            seg = build_seg(
-                arr[0],
-                files,
-                self.names,
-                self.ckpt_path,
-                self.ckpt_path and file_sha256(self.ckpt_path),
-                record.get("slice_spacing"),
-            )
+            seg = build_seg(arr[0], files, self.names, self.checkpoints, record.get("slice_spacing"))
             if seg is None:
                 logger.warning(f"{src}: no organ found, so no DICOM SEG written (a SEG needs at least one segment)")
                 continue

@@ -69,12 +69,18 @@ def test_study_folder_to_nifti_and_seg(study_run, quadrant_ckpt):
         _check_seg_equals_nifti(str(out / f"{name}_seg.dcm"), src, nifti)
     gap = np.asarray(nib.load(out / "CT_gap_seg.nii.gz").dataobj)
     assert not gap[:, :, 7].any()  # the missing slice: nothing scanned, nothing labelled
-    uid = pydicom.dcmread(out / "CT_seg.dcm", stop_before_pixels=True).SOPInstanceUID
+    first = pydicom.dcmread(out / "CT_seg.dcm", stop_before_pixels=True)
+    algorithm = first.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    params = {item.split("=")[0]: item for item in str(algorithm.AlgorithmParameters).split(",")}
+    assert algorithm.AlgorithmName == "MSA2Net" and "model.pt" in str(algorithm.AlgorithmParameters)
+    assert len(params) == 2  # the checkpoint's name and SHA-256
     mtime = os.path.getmtime(out / "CT_seg.dcm")
     proc = _infer(quadrant_ckpt, cases["CT"], out, "--output_type", "both", "--overwrite", "True")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    again = pydicom.dcmread(out / "CT_seg.dcm", stop_before_pixels=True)
     assert os.path.getmtime(out / "CT_seg.dcm") > mtime
-    assert pydicom.dcmread(out / "CT_seg.dcm", stop_before_pixels=True).SOPInstanceUID == uid
+    assert again.SOPInstanceUID == first.SOPInstanceUID and again.SeriesInstanceUID == first.SeriesInstanceUID
+    assert [d.TrackingUID for d in again.SegmentSequence] == [d.TrackingUID for d in first.SegmentSequence]
 
 
 @pytest.mark.skipif(DCMQI is None, reason="dcmqi's segimage2itkimage is not installed (pip install dcmqi)")
