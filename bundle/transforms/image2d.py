@@ -146,7 +146,7 @@ def _interpolate(x, size: Sequence[int], mode: str, align_corners=None, antialia
     return F.interpolate(t, size=tuple(size), mode=mode, align_corners=align_corners, antialias=antialias)[0]
 
 
-def _like(out: torch.Tensor, x) -> torch.Tensor:
+def _with_meta_of(out: torch.Tensor, x) -> torch.Tensor:
     """``out`` with ``x``'s meta and transform record when ``x`` is a ``MetaTensor``."""
     if isinstance(x, MetaTensor):
         return MetaTensor(out, meta=dict(x.meta), applied_operations=list(x.applied_operations))
@@ -162,9 +162,10 @@ class Resize2Dd(MapTransform, InvertibleTransform):
 
     The previous (H, W) and the interpolation ``mode`` (``bilinear`` / ``nearest-exact``, with ``align_corners``)
     go into the item's ``applied_operations``. The inverse resizes back to that (H, W) with the recorded mode:
-    bilinear without anti-aliasing (``align_corners=False``) for probabilities, and ``nearest-exact`` for any
-    nearest mode, including the ``nearest`` that ``Invertd(nearest_interp=True)`` writes for label maps. An item
-    already at that size is left as it is.
+    bilinear without anti-aliasing (``align_corners=False``) for probabilities (thresholded after, they give
+    smoother boundaries than a 224² mask enlarged), and ``nearest-exact`` for any nearest mode, including the
+    ``nearest`` that ``Invertd(nearest_interp=True)`` writes for label maps. An item already at that size is left
+    as it is.
 
     Args:
         keys: keys to resize.
@@ -187,7 +188,7 @@ class Resize2Dd(MapTransform, InvertibleTransform):
             else:
                 mode, align_corners = "bilinear", False
                 out = _interpolate(x, (self.size, self.size), mode, align_corners, antialias=True)
-            d[key] = _like(out, x)
+            d[key] = _with_meta_of(out, x)
             d = self.push_transform(
                 d, key, orig_size=tuple(x.shape[-2:]), extra_info={"mode": mode, "align_corners": align_corners}
             )
@@ -197,12 +198,13 @@ class Resize2Dd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             op = self.pop_transform(d, key)
-            size = tuple(int(s) for s in op[TraceKeys.ORIG_SIZE])
+            original = tuple(int(s) for s in op[TraceKeys.ORIG_SIZE])
             x = d[key]
-            if tuple(x.shape[-2:]) == size:
+            if tuple(x.shape[-2:]) == original:
                 continue
             mode, align_corners = op[TraceKeys.EXTRA_INFO]["mode"], op[TraceKeys.EXTRA_INFO]["align_corners"]
-            d[key] = _like(_interpolate(x, size, mode, None if align_corners == TraceKeys.NONE else align_corners), x)
+            align_corners = None if align_corners == TraceKeys.NONE else align_corners
+            d[key] = _with_meta_of(_interpolate(x, original, mode, align_corners), x)
         return d
 
 
