@@ -345,7 +345,7 @@ class PerImageScores(ReportHandler):
         if p.shape != t.shape:
             raise InputError(
                 f"prediction {p.shape} and mask {t.shape} differ in size; score at the "
-                f"original size (RestoreSized before the threshold, mask loaded without resizing)."
+                f"original size (Invertd of the resize before the threshold, mask loaded without resizing)."
             )
         self.preds.append(p > 0.5)
         self.truths.append(t > 0.5)

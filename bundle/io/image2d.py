@@ -1,5 +1,5 @@
 """2D images in and out: one reader for PNG/JPEG/BMP/TIFF (RGB or grey, masks), the loader that names the file on
-failure, the mask writer (PNG at the input's original size, atomic), contour overlays and file listing."""
+failure, the mask writer (PNG of the input's size, atomic), contour overlays and file listing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor
 from monai.transforms import MapTransform
@@ -23,9 +22,6 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 _TIFF_EXTS = (".tif", ".tiff")
-
-
-ORIGINAL_SIZE_KEY = "original_spatial_shape"  # meta key: the (H, W) before resizing to the network grid
 
 
 def spatial_shape2d(value) -> tuple:
@@ -155,28 +151,26 @@ class LoadImage2Dd(MapTransform):
         return d
 
 
-def original_size(data: Mapping, ref_key: str = "image", pred=None) -> tuple:
-    """The (H, W) an image had before it was resized for the network (from its meta; else the prediction's)."""
+def input_size(data: Mapping, ref_key: str = "image", pred=None) -> tuple:
+    """The (H, W) of the file a sample was read from: the reader's ``spatial_shape`` meta (the image's, else the
+    prediction's, which ``Invertd`` copies from the image)."""
     for src in (data.get(ref_key), pred):
-        meta = meta_of(src)
-        for k in (ORIGINAL_SIZE_KEY, "spatial_shape"):
-            if k in meta:
-                return spatial_shape2d(meta[k])
+        if "spatial_shape" in meta_of(src):
+            return spatial_shape2d(meta_of(src)["spatial_shape"])
     raise InputError(
-        "the prediction has no original_spatial_shape / spatial_shape meta; load images "
-        "with image2d_transforms so the size can be restored."
+        "the prediction has no spatial_shape meta naming its input's size; load images with "
+        "bundle.io.image2d.LoadImage2Dd (image2d_transforms / microscopy_transforms)."
     )
 
 
-def resize_label_map(x, h: int, w: int) -> np.ndarray:
-    """(1, h', w') label map → (h, w) uint8 by nearest neighbour (``nearest-exact``)."""
+def label_map_uint8(x) -> np.ndarray:
+    """(1, H, W) or (H, W) label map → (H, W) uint8 (values rounded, clamped to 0..255)."""
     t = torch.as_tensor(x).detach().float().cpu()
     if t.ndim == 2:
         t = t[None]
-    if t.shape[0] != 1:
+    if t.ndim != 3 or t.shape[0] != 1:
         raise InputError(f"a mask to write must be a (1, H, W) label map, got {tuple(t.shape)}.")
-    t = F.interpolate(t[None], size=(h, w), mode="nearest-exact")[0, 0]
-    return t.round().clamp(0, 255).to(torch.uint8).numpy()
+    return t[0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def mask_output_path(image_path: str, output_dir: str, postfix: str = "mask", ext: str = ".png") -> str:
@@ -191,12 +185,13 @@ def _atomic_save_png(arr: np.ndarray, path: str) -> None:
 
 
 class SaveMask2Dd(MapTransform):
-    """Writes a (1, h, w) label-map prediction as a PNG at the input's original (H, W), atomically.
+    """Writes a (1, H, W) label-map prediction as a PNG of its input's size, atomically.
 
-    The prediction is resized back with nearest neighbour (``nearest-exact``) to ``original_spatial_shape`` (set by
-    :class:`Resize2Dd`; falls back to the reader's ``spatial_shape``). Binary {0, 1} maps are written as 0/255,
-    other label maps as their ids (uint8). The output name comes from the input file name
-    (:func:`mask_output_path`); existing outputs are left alone unless ``overwrite``.
+    The prediction must already be at the input's (H, W): the configs put MONAI's ``Invertd`` of the preprocessing
+    (which undoes :class:`bundle.transforms.image2d.Resize2Dd`) before this writer, as the CT configs do before
+    :class:`bundle.io.volume.SaveLabelNiftid`; a prediction of another size is refused rather than written at the
+    wrong size. Binary {0, 1} maps are written as 0/255, other label maps as their ids (uint8). The output name
+    comes from the input file name (:func:`mask_output_path`); existing outputs are left alone unless ``overwrite``.
 
     Args:
         keys: prediction key (already thresholded / argmaxed, e.g. by :class:`LogitsToMaskd`).
@@ -204,10 +199,10 @@ class SaveMask2Dd(MapTransform):
         postfix: file-name suffix (``<stem>_<postfix>.png``).
         overwrite: replace existing files.
         overlay: also write ``<stem>_overlay.png``: prediction contour (blue) over the original image.
-        ref_key: key whose meta names the source file when the prediction carries none.
+        ref_key: key whose meta names the source file (and its size) when the prediction carries none.
         foreground_value: grey value of foreground in binary masks.
-        label_key: if given and present (evaluation), its mask, resized back the same way, is drawn in the
-            overlay too (green).
+        label_key: if given and present (evaluation), its mask, at the input's size too, is drawn in the overlay
+            (green).
     """
 
     def __init__(
@@ -237,14 +232,18 @@ class SaveMask2Dd(MapTransform):
             if os.path.exists(dst) and not self.overwrite:
                 d[f"{key}_path"] = dst
                 continue
-            h, w = original_size(d, self.ref_key, pred)
-            arr = resize_label_map(pred, h, w)
+            arr, size = label_map_uint8(pred), input_size(d, self.ref_key, pred)
+            if arr.shape != size:  # a config that forgot Invertd would write a mask of the network's size
+                raise InputError(
+                    f"the prediction for {src} is {arr.shape} but the input is {size}: put Invertd (transform: the "
+                    "preprocessing) before SaveMask2Dd in the config's postprocessing."
+                )
             if arr.max() <= 1:
                 arr = arr * np.uint8(self.foreground_value)
             _atomic_save_png(arr, dst)
             d[f"{key}_path"] = dst
             if self.overlay and os.path.isfile(src):
-                truth = resize_label_map(d[self.label_key], h, w) if self.label_key in d else None
+                truth = label_map_uint8(d[self.label_key]) if self.label_key in d else None
                 save_overlay_png(src, truth, mask_output_path(src, self.output_dir, "overlay"), pred=arr)
         return d
 

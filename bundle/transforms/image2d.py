@@ -1,4 +1,4 @@
-"""Generic 2D image transforms (RGB dermoscopy, microscopy): load any size, resize to the network, restore the size.
+"""Generic 2D image transforms (RGB dermoscopy, microscopy): load any size, resize to the network (invertibly).
 
 The reader, loader and mask writer live in :mod:`bundle.io.image2d`; this module holds the steps between them.
 
@@ -24,9 +24,13 @@ narrow 16-bit range), as the official SA2-Net ISIC preprocessing does.
 **Masks.** Any non-zero pixel is foreground: 0/255 PNGs, 0/1 PNGs, palette PNGs and instance-label TIFFs all become
 {0, 1}. A mask with 2 or 4 channels has its last channel treated as alpha and ignored.
 
-**Writing back.** The shape before the resize is kept in ``meta["original_spatial_shape"]``; :class:`SaveMask2Dd`
-resizes the (already thresholded / argmaxed) prediction back to it with nearest-neighbour interpolation and writes
-a uint8 PNG (0/255 for binary masks) atomically, plus an optional contour overlay on the original image.
+**Writing back.** :class:`Resize2Dd` is a MONAI invertible transform: it records each item's (H, W) before the
+resize in its ``applied_operations``, so the configs put predictions back at each input's own size with MONAI's
+``Invertd`` of the preprocessing, as the CT configs undo their reorientation: probabilities bilinear
+(``nearest_interp: false``, microscopy), masks by nearest neighbour (``nearest_interp: true``, ISIC).
+:class:`bundle.io.image2d.SaveMask2Dd` then writes the mask as it is (a uint8 PNG, 0/255 for binary masks).
+Evaluation at the original size re-reads the truth from its file (:class:`ReloadLabeld`) instead of resizing
+the 224² mask back.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     EnsureTyped,
+    InvertibleTransform,
     MapTransform,
     NormalizeIntensityd,
     RandAdjustContrastd,
@@ -50,17 +55,10 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
+from monai.utils import TraceKeys
 
 from bundle.errors import InputError
-from bundle.io.image2d import (
-    ORIGINAL_SIZE_KEY,
-    LoadImage2Dd,
-    meta_of,
-    original_size,
-    resize_label_map,
-    source_name,
-    spatial_shape2d,
-)
+from bundle.io.image2d import LoadImage2Dd, input_size, meta_of, source_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
@@ -139,12 +137,35 @@ class BinarizeMaskd(MapTransform):
         return d
 
 
-class Resize2Dd(MapTransform):
-    """Resizes (C, H, W) items to ``size``² and records the previous (H, W) in ``meta["original_spatial_shape"]``.
+def _interpolate(x, size: Sequence[int], mode: str, align_corners=None, antialias: bool = False) -> torch.Tensor:
+    """(C, h, w) → (C, *size) float32 with ``torch.nn.functional.interpolate``; nearest is the symmetric
+    ``nearest-exact`` (torch's ``nearest`` takes the floor of the source position, shifting by half a pixel)."""
+    t = torch.as_tensor(x).float()[None]
+    if mode in ("nearest", "nearest-exact"):
+        return F.interpolate(t, size=tuple(size), mode="nearest-exact")[0]
+    return F.interpolate(t, size=tuple(size), mode=mode, align_corners=align_corners, antialias=antialias)[0]
+
+
+def _with_meta_of(out: torch.Tensor, x) -> torch.Tensor:
+    """``out`` with ``x``'s meta and transform record when ``x`` is a ``MetaTensor``."""
+    if isinstance(x, MetaTensor):
+        return MetaTensor(out, meta=dict(x.meta), applied_operations=list(x.applied_operations))
+    return out
+
+
+class Resize2Dd(MapTransform, InvertibleTransform):
+    """Resizes (C, H, W) items to ``size``², invertibly: MONAI's ``Invertd`` puts predictions back at each (H, W).
 
     Images: bilinear with anti-aliasing (``torch`` ``antialias=True``, so large dermoscopy photographs are
     low-pass filtered when shrunk rather than aliased; plain bilinear when enlarged). Masks: ``nearest-exact``
     (symmetric nearest neighbour), so they stay binary.
+
+    The previous (H, W) and the interpolation ``mode`` (``bilinear`` / ``nearest-exact``, with ``align_corners``)
+    go into the item's ``applied_operations``. The inverse resizes back to that (H, W) with the recorded mode:
+    bilinear without anti-aliasing (``align_corners=False``) for probabilities (thresholded after, they give
+    smoother boundaries than a 224² mask enlarged), and ``nearest-exact`` for any nearest mode, including the
+    ``nearest`` that ``Invertd(nearest_interp=True)`` writes for label maps. An item already at that size is left
+    as it is.
 
     Args:
         keys: keys to resize.
@@ -161,16 +182,29 @@ class Resize2Dd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key]
-            meta = dict(meta_of(x))
-            meta.setdefault(ORIGINAL_SIZE_KEY, np.asarray(x.shape[-2:], dtype=np.int64))
-            t = torch.as_tensor(x).float()[None]
             if key in self.label_keys:
-                out = F.interpolate(t, size=(self.size, self.size), mode="nearest-exact")
+                mode, align_corners = "nearest-exact", TraceKeys.NONE
+                out = _interpolate(x, (self.size, self.size), mode)
             else:
-                out = F.interpolate(
-                    t, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-                )
-            d[key] = MetaTensor(out[0], meta=meta) if isinstance(x, MetaTensor) else out[0]
+                mode, align_corners = "bilinear", False
+                out = _interpolate(x, (self.size, self.size), mode, align_corners, antialias=True)
+            d[key] = _with_meta_of(out, x)
+            d = self.push_transform(
+                d, key, orig_size=tuple(x.shape[-2:]), extra_info={"mode": mode, "align_corners": align_corners}
+            )
+        return d
+
+    def inverse(self, data: Mapping) -> Dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            op = self.pop_transform(d, key)
+            original = tuple(int(s) for s in op[TraceKeys.ORIG_SIZE])
+            x = d[key]
+            if tuple(x.shape[-2:]) == original:
+                continue
+            mode, align_corners = op[TraceKeys.EXTRA_INFO]["mode"], op[TraceKeys.EXTRA_INFO]["align_corners"]
+            align_corners = None if align_corners == TraceKeys.NONE else align_corners
+            d[key] = _with_meta_of(_interpolate(x, original, mode, align_corners), x)
         return d
 
 
@@ -283,74 +317,37 @@ def image2d_transforms(
     return Compose(steps)
 
 
-class RestoreOriginalSized(MapTransform):
-    """Moves evaluation to each image's original resolution: prediction resized back, truth re-read from its file.
+class ReloadLabeld(MapTransform):
+    """Replaces each network-size mask with its file read again (binarised, not resized): the truth for scoring
+    at each image's original size.
 
-    The literature scores ISIC2018 at 224² (the default here); the ISIC challenge scores at the original size.
-    Use after :class:`LogitsToMaskd`: the (1, h, w) prediction is resized with nearest neighbour to the image's
-    ``original_spatial_shape``, and the mask is loaded again from ``label.meta["filename_or_obj"]`` (binarised,
-    not resized), so the metrics count every original pixel.
-
-    Args:
-        keys: prediction keys.
-        label_key: truth key (its meta names the mask file).
-        ref_key: image key (its meta holds the original shape).
-    """
-
-    def __init__(self, keys: KeysCollection = "pred", label_key: str = "label", ref_key: str = "image") -> None:
-        super().__init__(keys)
-        self.label_key, self.ref_key = label_key, ref_key
-        self.load = Compose([LoadImage2Dd(keys=label_key, as_label=True), BinarizeMaskd(keys=label_key)])
-
-    def __call__(self, data: Mapping) -> Dict:
-        d = dict(data)
-        h, w = original_size(d, self.ref_key)
-        for key in self.key_iterator(d):
-            d[key] = torch.from_numpy(resize_label_map(d[key], h, w).astype(np.float32))[None]
-        if self.label_key in d:
-            path = meta_of(d[self.label_key]).get("filename_or_obj")
-            if not path:
-                raise InputError("the label has no filename_or_obj meta to re-read it from.")
-            label = self.load({self.label_key: str(path)})[self.label_key]
-            if tuple(label.shape[-2:]) != (h, w):
-                raise InputError(
-                    f"mask {path} is {tuple(label.shape[-2:])} but its image "
-                    f"{source_name(None, d, self.ref_key)} is {(h, w)}; a mask must have its image's size."
-                )
-            d[self.label_key] = label
-        return d
-
-
-class RestoreSized(MapTransform):
-    """Resizes a (K, h, w) probability map back to the input's original (H, W) with bilinear interpolation.
-
-    The original size is ``meta["original_spatial_shape"]`` of ``ref_key`` (set by the ``resize`` input mode); in
-    ``native`` mode there is none and the map, already at full size, is left alone. Resizing probabilities and
-    then thresholding gives smoother boundaries than thresholding at 224² and enlarging the mask.
+    ``Invertd`` puts the prediction back at the image's size; the truth is re-read instead of inverted, because
+    resizing a mask to 224² and back moves its boundary pixels. The file is ``meta["filename_or_obj"]`` of the
+    mask and must have its image's size.
 
     Args:
-        keys: probability keys.
-        ref_key: the image key whose meta holds the original size.
+        keys: mask keys.
+        ref_key: image key (its meta holds the image's size).
     """
 
-    def __init__(self, keys: KeysCollection = "pred", ref_key: str = "image") -> None:
+    def __init__(self, keys: KeysCollection = "label", ref_key: str = "image") -> None:
         super().__init__(keys)
         self.ref_key = ref_key
+        self.load = Compose([LoadImage2Dd(keys=self.keys, as_label=True), BinarizeMaskd(keys=self.keys)])
 
     def __call__(self, data: Mapping) -> Dict:
         d = dict(data)
-        ref = d.get(self.ref_key)
-        meta = ref.meta if isinstance(ref, MetaTensor) else {}
-        if ORIGINAL_SIZE_KEY not in meta:
-            return d
-        h, w = spatial_shape2d(meta[ORIGINAL_SIZE_KEY])
+        size, paths = input_size(d, self.ref_key), {}
         for key in self.key_iterator(d):
-            x = d[key]
-            if tuple(x.shape[-2:]) == (h, w):
-                continue
-            out = F.interpolate(torch.as_tensor(x).float()[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            new_meta = dict(x.meta) if isinstance(x, MetaTensor) else {}
-            new_meta.pop(ORIGINAL_SIZE_KEY, None)  # now at the original size: nothing left to restore
-            new_meta["spatial_shape"] = np.asarray((h, w), dtype=np.int64)
-            d[key] = MetaTensor(out, meta=new_meta)
+            paths[key] = meta_of(d[key]).get("filename_or_obj")
+            if not paths[key]:
+                raise InputError(f"the {key} has no filename_or_obj meta to re-read it from.")
+        loaded = self.load({key: str(path) for key, path in paths.items()})
+        for key, path in paths.items():
+            if tuple(loaded[key].shape[-2:]) != size:
+                raise InputError(
+                    f"mask {path} is {tuple(loaded[key].shape[-2:])} but its image "
+                    f"{source_name(None, d, self.ref_key)} is {size}; a mask must have its image's size."
+                )
+            d[key] = loaded[key]
         return d

@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import Invertd
 from PIL import Image
 
+from bundle.errors import InputError
 from bundle.evaluation.reports import BinarySegmentationReport
 from bundle.io.image2d import SaveMask2Dd, list_images, mask_output_path, save_overlay_png
 from bundle.transforms.image2d import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    RestoreOriginalSized,
+    ReloadLabeld,
     image2d_augmentation,
     image2d_transforms,
 )
@@ -30,14 +34,23 @@ def _rgb_and_mask(h=173, w=251, seed=0):
     return img, mask
 
 
+def _back(sample, transform, keys="pred", nearest=True):
+    """The configs' Invertd of the preprocessing: ``keys`` back at the input image's own size."""
+    return Invertd(keys=keys, transform=transform, orig_keys="image", nearest_interp=nearest)(sample)
+
+
 def test_round_trip_png_original_size_and_orientation(tmp_path):
     img, mask = _rgb_and_mask()
     Image.fromarray(img).save(tmp_path / "x.png")
     Image.fromarray(mask).save(tmp_path / "x_seg.png")
-    out = image2d_transforms()({"image": str(tmp_path / "x.png"), "label": str(tmp_path / "x_seg.png")})
+    t = image2d_transforms()
+    out = t({"image": str(tmp_path / "x.png"), "label": str(tmp_path / "x_seg.png")})
     assert out["image"].shape == (3, 224, 224) and out["label"].shape == (1, 224, 224)
     assert out["image"].dtype == torch.float32 and set(out["label"].unique().tolist()) == {0.0, 1.0}
-    assert tuple(out["image"].meta["original_spatial_shape"]) == (173, 251)
+    resize = out["image"].applied_operations[-1]  # what Invertd undoes: the size before, the interpolation
+    assert resize["class"] == "Resize2Dd" and resize["orig_size"] == (173, 251)
+    assert resize["extra_info"] == {"mode": "bilinear", "align_corners": False}
+    assert out["label"].applied_operations[-1]["extra_info"]["mode"] == "nearest-exact"
     # rows stay rows: the lesion occupies rows 1/8..1/2 and columns 1/5..1/2 of the resized mask
     lab = out["label"][0].numpy()
     assert lab[40, 70] == 1 and lab[150, 70] == 0 and lab[40, 150] == 0
@@ -46,7 +59,7 @@ def test_round_trip_png_original_size_and_orientation(tmp_path):
     np.testing.assert_allclose(means, (0.5 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD), atol=0.05)
 
     out["pred"] = out["label"].clone()
-    SaveMask2Dd(output_dir=str(tmp_path / "out"), overlay=True)(out)
+    SaveMask2Dd(output_dir=str(tmp_path / "out"), overlay=True)(_back(out, t))
     written = np.asarray(Image.open(tmp_path / "out" / "x_mask.png"))
     assert written.shape == (173, 251) and written.dtype == np.uint8
     assert set(np.unique(written)) == {0, 255}
@@ -55,8 +68,8 @@ def test_round_trip_png_original_size_and_orientation(tmp_path):
     assert overlay.shape == (173, 251, 3)
     assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
     # with the truth (evaluation): an empty prediction leaves only the green truth contour
-    out["pred"] = torch.zeros(1, 224, 224)
-    SaveMask2Dd(output_dir=str(tmp_path / "ev"), overlay=True, label_key="label")(out)
+    out["pred"] = MetaTensor(torch.zeros(1, 224, 224))
+    SaveMask2Dd(output_dir=str(tmp_path / "ev"), overlay=True, label_key="label")(_back(out, t, ["pred", "label"]))
     ov = np.asarray(Image.open(tmp_path / "ev" / "x_overlay.png")).reshape(-1, 3)
     green, blue = (ov == (0, 255, 0)).all(1).sum(), (ov == (0, 0, 255)).all(1).sum()
     assert green > 2 * (173 // 2 - 173 // 8) and blue == 0
@@ -65,12 +78,13 @@ def test_round_trip_png_original_size_and_orientation(tmp_path):
 def test_save_mask_skips_existing_unless_overwrite(tmp_path):
     img, mask = _rgb_and_mask(60, 80)
     Image.fromarray(img).save(tmp_path / "y.jpg")
-    sample = image2d_transforms(keys=("image",))({"image": str(tmp_path / "y.jpg")})
-    sample["pred"] = torch.zeros(1, 224, 224)
+    t = image2d_transforms(keys=("image",))
+    sample = t({"image": str(tmp_path / "y.jpg")})
+    sample["pred"] = MetaTensor(torch.zeros(1, 224, 224))
     dst = tmp_path / "o" / "y_mask.png"
-    SaveMask2Dd(output_dir=str(tmp_path / "o"))(sample)
+    SaveMask2Dd(output_dir=str(tmp_path / "o"))(_back(sample, t))
     assert np.asarray(Image.open(dst)).max() == 0
-    sample["pred"] = torch.ones(1, 224, 224)
+    sample = _back({**sample, "pred": MetaTensor(torch.ones(1, 224, 224))}, t)
     SaveMask2Dd(output_dir=str(tmp_path / "o"))(sample)
     assert np.asarray(Image.open(dst)).max() == 0  # kept
     SaveMask2Dd(output_dir=str(tmp_path / "o"), overwrite=True)(sample)
@@ -109,7 +123,7 @@ def test_tiff_16bit_planar_and_instance_labels(tmp_path):
     tifffile.imwrite(tmp_path / "m_lab.tiff", inst)
     t = image2d_transforms(normalize="minmax")
     out = t({"image": str(tmp_path / "m.tif"), "label": str(tmp_path / "m_lab.tiff")})
-    assert out["image"].shape == (3, 224, 224) and tuple(out["image"].meta["original_spatial_shape"]) == (64, 96)
+    assert out["image"].shape == (3, 224, 224) and out["image"].applied_operations[-1]["orig_size"] == (64, 96)
     assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0 and float(out["image"].max()) > 0.9
     assert set(out["label"].unique().tolist()) == {0.0, 1.0}
     frac = float(out["label"].mean())
@@ -121,7 +135,7 @@ def test_tiff_16bit_planar_and_instance_labels(tmp_path):
     assert float(x.mean()) == pytest.approx(0.5, abs=1e-3)
     # written back from TIFF input: a PNG named after the TIFF, original size
     out["pred"] = out["label"]
-    SaveMask2Dd(output_dir=str(tmp_path / "o"))(out)
+    SaveMask2Dd(output_dir=str(tmp_path / "o"))(_back(out, t))
     back = np.asarray(Image.open(tmp_path / "o" / "m_mask.png"))
     assert back.shape == (64, 96) and ((back > 0) == (inst > 0)).mean() > 0.99
 
@@ -245,16 +259,46 @@ def test_binary_report_numbers(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["pooled"]["n_images"] == 2
 
 
-def test_restore_original_size_for_evaluation(tmp_path):
+def test_original_size_evaluation_inverts_the_prediction_and_rereads_the_truth(tmp_path):
     img, mask = _rgb_and_mask(97, 143)
     Image.fromarray(img).save(tmp_path / "r.jpg")
     Image.fromarray(mask).save(tmp_path / "r_seg.png")
-    out = image2d_transforms()({"image": str(tmp_path / "r.jpg"), "label": str(tmp_path / "r_seg.png")})
+    t = image2d_transforms()
+    out = t({"image": str(tmp_path / "r.jpg"), "label": str(tmp_path / "r_seg.png")})
     out["pred"] = out["label"].clone()
-    back = RestoreOriginalSized()(out)
+    back = ReloadLabeld()(_back(out, t))  # configs/isic2018/evaluate.yaml --eval_size original
     assert back["pred"].shape == (1, 97, 143) and back["label"].shape == (1, 97, 143)
     np.testing.assert_array_equal(back["label"][0].numpy(), mask > 0)  # truth re-read, not resized twice
     assert (back["pred"][0].numpy() == (mask > 0)).mean() > 0.99
     Image.fromarray(mask[:50]).save(tmp_path / "r_seg.png")  # a mask of another size than its image
-    with pytest.raises(ValueError, match=r"r_seg.png is \(50, 143\) but its image .*r.jpg is \(97, 143\)"):
-        RestoreOriginalSized()(out)
+    with pytest.raises(InputError, match=r"r_seg.png is \(50, 143\) but its image .*r.jpg is \(97, 143\)"):
+        ReloadLabeld()(out)
+
+
+@pytest.mark.parametrize("h, w", [(173, 251), (97, 143), (60, 80), (300, 160), (224, 224)])
+def test_invertd_restores_exactly_what_the_former_restore_steps_computed(tmp_path, h, w):
+    """Invertd of Resize2Dd against the calls RestoreSized (probabilities: bilinear, align_corners False, no
+    anti-aliasing), RestoreOriginalSized and SaveMask2Dd (masks: nearest-exact) made before it replaced them."""
+    rng = np.random.default_rng(h * w)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    t = image2d_transforms(keys=("image",))
+    sample = t({"image": str(tmp_path / "i.png")})
+    prob = torch.from_numpy(rng.random((1, 224, 224), dtype=np.float32))
+    labels = torch.from_numpy(rng.integers(0, 3, (1, 224, 224)).astype(np.float32))  # ids 0..2, not only {0, 1}
+    former_prob = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    former_mask = F.interpolate(labels[None], size=(h, w), mode="nearest-exact")[0].round().clamp(0, 255)
+    got_prob = _back({**sample, "pred": MetaTensor(prob)}, t, nearest=False)["pred"]
+    got_mask = _back({**sample, "pred": MetaTensor(labels)}, t, nearest=True)["pred"]
+    assert isinstance(got_prob, MetaTensor) and got_prob.dtype == torch.float32 and not got_prob.applied_operations
+    assert torch.equal(got_prob.as_tensor(), former_prob) and torch.equal(got_mask.as_tensor(), former_mask)
+    assert got_mask.meta["filename_or_obj"] == str(tmp_path / "i.png")  # the writer names the output from it
+
+
+def test_save_mask_refuses_a_prediction_of_another_size(tmp_path):
+    img, _ = _rgb_and_mask(60, 80)
+    Image.fromarray(img).save(tmp_path / "z.png")
+    sample = image2d_transforms(keys=("image",))({"image": str(tmp_path / "z.png")})
+    sample["pred"] = torch.ones(1, 224, 224)  # not inverted
+    with pytest.raises(InputError, match=r"z.png is \(224, 224\) but the input is \(60, 80\): put Invertd"):
+        SaveMask2Dd(output_dir=str(tmp_path / "o"))(sample)
+    assert not (tmp_path / "o" / "z_mask.png").exists()

@@ -322,6 +322,19 @@ def test_a_missing_isic_datalist_names_the_isic_script(files, item, tmp_path):
     assert "scripts/data/prepare_isic2018.py writes one" in message and "prepare_synapse" not in message
 
 
+@pytest.mark.parametrize("files, entries", [(["configs/train.yaml"], {"model", "geometry"}), (TRAIN, {"model"})])
+def test_the_published_model_holds_what_the_best_model_holds(files, entries, tmp_path):
+    """The overlay overrides the best-model saver by its id (validate#best_model_saver), whose save_dict the
+    --publish_model saver shares: models/isic2018_model.pt holds the weights only, as <output_dir>/model.pt does
+    (the published ISIC file used to carry the CT geometry), and the CT files both hold the geometry."""
+    from monai.handlers import CheckpointSaver
+
+    wf = _workflow(files, "train", bundle_root=str(tmp_path), output_dir=str(tmp_path / "run"), publish_model=True)
+    savers = [h for h in wf.parser.get_parsed_content("validate#handlers") if isinstance(h, CheckpointSaver)]
+    assert [s.save_dir for s in savers] == [str(tmp_path / "run"), str(tmp_path / "models")]
+    assert [set(s.save_dict) for s in savers] == [entries, entries]
+
+
 def test_isic_training_keeps_its_best_model_in_its_run_folder(tmp_path):
     """ckpt_path is the run's own (evaluation reads it there); --publish_model True also writes the file
     configs/isic2018/inference.yaml reads, models/isic2018_model.pt."""

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from monai.data import MetaTensor
 from monai.handlers import CheckpointSaver
+from monai.transforms import Invertd
 from PIL import Image
 
 from bundle.data.microscopy import (
@@ -29,7 +31,6 @@ from bundle.evaluation.tables import summarize_folds
 from bundle.inferers.ensemble import ProbabilityEnsemble, load_ensemble
 from bundle.networks.factory import build_network
 from bundle.training.losses import DeepSupervisionDiceBCELoss
-from bundle.transforms.image2d import RestoreSized
 from bundle.transforms.microscopy import microscopy_transforms
 
 CFG = os.path.join(ROOT, "configs", "microscopy")
@@ -376,18 +377,19 @@ def test_transforms_resize_and_native_and_restore(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", img)
     Image.fromarray(((img > 0) * 255).astype(np.uint8)).save(tmp_path / "g.png")
     item = {"image": str(tmp_path / "g.tif"), "label": str(tmp_path / "g.png")}
-    out = microscopy_transforms(mode="resize", size=32, channels=3, normalize="minmax")(dict(item))
+    resize = microscopy_transforms(mode="resize", size=32, channels=3, normalize="minmax")
+    out = resize(dict(item))
     assert tuple(out["image"].shape) == (3, 32, 32) and float(out["image"].max()) == 1.0
     assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0}
-    prob = torch.rand(1, 32, 32)
-    restored = RestoreSized(keys="pred")({"image": out["image"], "pred": prob})["pred"]
+    prob = MetaTensor(torch.rand(1, 32, 32))
+    invert = Invertd(keys="pred", transform=resize, orig_keys="image", nearest_interp=False)  # as the configs
+    restored = invert({"image": out["image"], "pred": prob})["pred"]
     assert tuple(restored.shape) == (1, 30, 50)
     crops = microscopy_transforms(mode="native", channels=1, crop_size=32, crops_per_image=3, augment=True)(dict(item))
     assert len(crops) == 3 and all(tuple(c["image"].shape) == (1, 32, 32) for c in crops)  # 30 rows padded to 32
     native = microscopy_transforms(keys=["image"], mode="native", channels=1)({"image": item["image"]})
     assert tuple(native["image"].shape) == (1, 30, 50)
-    same = RestoreSized(keys="pred")({"image": native["image"], "pred": torch.rand(1, 30, 50)})
-    assert tuple(same["pred"].shape) == (1, 30, 50)  # native mode: nothing to restore
+    assert not native["image"].applied_operations  # native mode: nothing to invert (the configs disable Invertd)
 
 
 # -------------------------------------------------------------------------------------------------- configs and runs

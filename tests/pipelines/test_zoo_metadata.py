@@ -164,16 +164,38 @@ def test_the_zoo_hook_agrees():
     assert _zoo_format('{"b": 1, "a": "\\u00b2"}') == '{\n    "b": 1,\n    "a": "\\u00b2"\n}\n'
 
 
-def test_generated_zip_configs_are_in_the_zoo_format():
+def _package_bundle():
     sys.path.insert(0, os.path.join(ROOT, "scripts", "release"))
     try:
         import package_bundle
     finally:
         sys.path.remove(os.path.join(ROOT, "scripts", "release"))
-    rendered = package_bundle._json_configs()
+    return package_bundle
+
+
+def test_generated_zip_configs_are_in_the_zoo_format():
+    rendered = _package_bundle()._json_configs()
     assert "configs/inference_trt.json" in rendered and "configs/inference.json" in rendered
     for name, text in rendered.items():
         assert text == _zoo_format(text), name
+
+
+def test_the_microscopy_configs_log_with_the_ct_logging_conf_in_the_checkout_and_in_the_zip(tmp_path):
+    """MONAI's CLI takes logging.conf from the first config file's folder, configs/microscopy/ for every microscopy
+    command: the file there is a link to configs/logging.conf (one logging setup), which the zip holds as a file."""
+    import stat
+    import zipfile
+
+    import torch
+
+    ct = os.path.join(ROOT, "configs", "logging.conf")
+    link = os.path.join(ROOT, "configs", "microscopy", "logging.conf")
+    assert os.path.islink(link) and os.path.realpath(link) == os.path.realpath(ct)
+    torch.save({"model": {}}, tmp_path / "model.pt")
+    zip_path = _package_bundle().main(out=str(tmp_path / "dist"), weights=str(tmp_path / "model.pt"))
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo(f"{_package_bundle().NAME}/configs/microscopy/logging.conf")
+        assert stat.S_ISREG(info.external_attr >> 16) and zf.read(info) == open(ct, "rb").read()
 
 
 def test_data_license_names_every_data_source():
