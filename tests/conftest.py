@@ -159,7 +159,6 @@ def demo_dicom_series(tmp_path_factory):
     return os.path.join(extract(archive, str(dest)), "example_ct_dicom")
 
 
-
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
     """A real Orthanc PACS on 127.0.0.1 (``bundle.data.orthanc.LocalOrthanc``: temporary storage, DICOMweb on, no

@@ -69,10 +69,9 @@ def segment_descriptions(
         algorithm: a ``highdicom.AlgorithmIdentificationSequence``.
         uid_seed: what the tracking UIDs derive from (with the label value), so one mask gives one object.
     """
-    from pydicom.uid import generate_uid
-
     import highdicom as hd
     from pydicom import Dataset
+    from pydicom.uid import generate_uid
 
     out = []
     for number, value in enumerate(labels, start=1):

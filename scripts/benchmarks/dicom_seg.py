@@ -113,7 +113,6 @@ def seg_on_grid(seg_path: str, nifti_path: str) -> np.ndarray:
     """A SEG's organs (Synapse ids by segment label) on a NIfTI mask's grid, frame by frame through each frame's
     source instance position (highdicom's reading)."""
     import highdicom as hd
-    import pydicom
 
     seg = hd.seg.segread(seg_path)
     lut = np.zeros(seg.number_of_segments + 1, np.uint8)

@@ -15,8 +15,8 @@ from monai.transforms import LoadImage
 
 from bundle.data.dicom_study import export_series, write_study
 from bundle.errors import InputError
-from bundle.io.dicom_reader import DicomSeriesReader, dicom_record
 from bundle.io.dicom_geometry import slice_geometry
+from bundle.io.dicom_reader import DicomSeriesReader, dicom_record
 from bundle.io.dicom_series import list_cases, resolve_ref, scan_dicom
 from bundle.io.volume import list_volumes, output_path
 

@@ -478,7 +478,9 @@ def test_the_checkpoint_check_maps_the_file_and_the_loader_reads_it_once(tmp_pat
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    monkeypatch.setattr(CheckpointLoader, "__call__", lambda self, engine: torch.load(self.load_path, weights_only=True))
+    monkeypatch.setattr(
+        CheckpointLoader, "__call__", lambda self, engine: torch.load(self.load_path, weights_only=True)
+    )
     checkpoint.CheckedCheckpointLoader(load_path=str(path), load_dict={"model": net})(engine=None)
     assert calls == [True, False]  # the check maps, the load reads
     with pytest.raises(InputError, match=r"nope\.pt does not exist: give an existing file with --ckpt_paths"):

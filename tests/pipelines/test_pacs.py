@@ -60,7 +60,7 @@ def test_pacs_round_trip(study_on_pacs, orthanc, quadrant, tmp_path):
                   "--output_type", "dicom_seg")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert f"stored SEG " in log and f"(referenced series {ct_uid})" in log
+    assert "stored SEG " in log and f"(referenced series {ct_uid})" in log
     web = DICOMwebClient(orthanc.dicomweb)
     segs = web.search_for_series(study_uid, search_filters={"Modality": "SEG"})
     assert len(segs) == 1
