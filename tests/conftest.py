@@ -170,3 +170,23 @@ def orthanc(tmp_path_factory):
         pytest.skip(reason)
     with LocalOrthanc(str(tmp_path_factory.mktemp("orthanc"))) as pacs:
         yield pacs
+
+
+def inference_workflow(inputs, out, ckpt, **override):
+    """configs/inference.yaml as a MONAI workflow on the tiny test network (no workers, no progress bars)."""
+    from monai.bundle import ConfigWorkflow
+
+    cfg = os.path.join(ROOT, "configs")
+    return ConfigWorkflow(
+        config_file=os.path.join(cfg, "inference.yaml"),
+        meta_file=os.path.join(cfg, "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=ROOT,
+        input=inputs,
+        output_dir=str(out),
+        ckpt_path=str(ckpt),
+        num_workers=0,
+        show_progress=False,
+        **{"sw_batch_size": 4, "network_def": dict(TINY_NET), **override},
+    )

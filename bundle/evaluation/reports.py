@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 import torch
 from ignite.engine import Events
+from monai.data.utils import affine_to_spacing
 
 from bundle.errors import InputError
 from bundle.evaluation.metrics import SYNAPSE_CLASSES, BinaryPooledMetrics, evaluate_case, per_image_dice_iou
@@ -43,7 +44,7 @@ def _spacing(x, ndim: int):
     if aff is not None:
         a = np.asarray(aff.detach().cpu() if hasattr(aff, "detach") else aff, dtype=np.float64)
         if a.ndim == 2 and a.shape[0] >= ndim + 1:
-            return np.linalg.norm(a[:ndim, :ndim], axis=0).tolist(), "affine"
+            return affine_to_spacing(a, r=ndim, dtype=np.float64).tolist(), "affine"
     meta = getattr(x, "meta", None) or {}
     if "pixdim" in meta:
         p = np.asarray(meta["pixdim"].cpu() if hasattr(meta["pixdim"], "cpu") else meta["pixdim"], np.float64)

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from monai.data.utils import affine_to_spacing
 
 from bundle.errors import InputError
 from bundle.io.checkpoint import read_checkpoint
@@ -284,7 +285,7 @@ def checkpoint_geometry(
 def inplane_spacing(affine: Any) -> tuple:
     """(row, column) pixel size in mm of the first two array axes of a 2D (3×3) or 3D (4×4) affine."""
     aff = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)
-    spacing = np.linalg.norm(aff[:-1, :2], axis=0)
+    spacing = affine_to_spacing(aff, r=len(aff) - 1, dtype=np.float64)
     return float(spacing[0]), float(spacing[1])
 
 

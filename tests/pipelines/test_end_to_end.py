@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, inference_workflow
 
 TINY = [
     "--epochs",
@@ -136,26 +136,6 @@ def test_ddp_gloo_two_processes(ct_dataset, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ inference at scale
-def _inference_workflow(inputs, out, ckpt, **override):
-    from conftest import TINY_NET
-    from monai.bundle import ConfigWorkflow
-
-    cfg = os.path.join(ROOT, "configs")
-    return ConfigWorkflow(
-        config_file=os.path.join(cfg, "inference.yaml"),
-        meta_file=os.path.join(cfg, "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=ROOT,
-        input=inputs,
-        output_dir=str(out),
-        ckpt_path=str(ckpt),
-        num_workers=0,
-        show_progress=False,
-        **{"sw_batch_size": 4, "network_def": dict(TINY_NET), **override},
-    )
-
-
 def _tiny_checkpoint(path):
     from conftest import TinySegNet
 
@@ -180,7 +160,7 @@ def test_inference_folder_skips_bad_cases_and_fails_at_the_end(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((24, 20, 3, 2), np.float32), np.eye(4)), src / "d_series.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((24, 20), np.float32), np.eye(4)), src / "e_slice.nii.gz")
     out = tmp_path / "out"
-    wf = _inference_workflow(str(src), out, _tiny_checkpoint(tmp_path / "tiny.pt"))
+    wf = inference_workflow(str(src), out, _tiny_checkpoint(tmp_path / "tiny.pt"))
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.run()
@@ -201,7 +181,7 @@ def test_inference_folder_skips_bad_cases_and_fails_at_the_end(tmp_path):
     assert "2 channels/time points" in failures[1]["reason"] and "is 2D" in failures[2]["reason"]
     assert nib.load(out / "a_seg.nii.gz").shape == (24, 20, 3)
     # rerun: good outputs exist and are skipped; the bad cases are tried and reported again
-    wf = _inference_workflow(str(src), out, tmp_path / "tiny.pt")
+    wf = inference_workflow(str(src), out, tmp_path / "tiny.pt")
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.run()
@@ -233,7 +213,7 @@ def test_inference_non_axial_input_written_back_in_input_orientation(tmp_path):
 
     conftest.Spy = Spy
     override = dict(network_def={"_target_": "conftest.Spy"}, roi_size=[32, 32])
-    wf = _inference_workflow(str(sag), tmp_path / "out", _tiny_checkpoint(tmp_path / "tiny.pt"), **override)
+    wf = inference_workflow(str(sag), tmp_path / "out", _tiny_checkpoint(tmp_path / "tiny.pt"), **override)
     wf.initialize()
     wf.run()
     assert seen and sum(s[0] for s in seen) == 5  # 5 axial slices, not 24 sagittal ones
@@ -258,7 +238,7 @@ def test_inference_memory_flat_over_many_cases(tmp_path):
     os.makedirs(src)
     for i in range(50):
         make_volume(str(src / f"v{i:02d}.nii.gz"), str(tmp_path / f"l{i:02d}.nii.gz"), shape=(128, 128, 24), seed=i)
-    wf = _inference_workflow(str(src), tmp_path / "out", _tiny_checkpoint(tmp_path / "tiny.pt"), roi_size=[64, 64])
+    wf = inference_workflow(str(src), tmp_path / "out", _tiny_checkpoint(tmp_path / "tiny.pt"), roi_size=[64, 64])
     wf.initialize()
     rss = []
     wf.parser.get_parsed_content("evaluator").add_event_handler(

@@ -14,10 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import QUADRANT_NET, ROOT, QuadrantNet, quadrant_labels
+from conftest import QUADRANT_NET, ROOT, QuadrantNet, inference_workflow, quadrant_labels
 from monai.bundle import ConfigWorkflow
 from monai.transforms import LoadImage
-from test_end_to_end import _inference_workflow
 
 from bundle.data.synthetic import write_dicom_series
 from bundle.errors import InputError, root_input_error
@@ -62,7 +61,7 @@ def _checkpoint(path, geometry=None):
 
 
 def _infer(inputs, out, ckpt, **override):
-    wf = _inference_workflow(inputs, out, ckpt, **{"network_def": dict(QUADRANT_NET), **override})
+    wf = inference_workflow(inputs, out, ckpt, **{"network_def": dict(QUADRANT_NET), **override})
     wf.initialize()
     wf.run()
     wf.finalize()
