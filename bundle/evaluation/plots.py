@@ -121,6 +121,39 @@ def plot_overlay(
     return Path(path)
 
 
+def plot_case_rows(panels, path, class_names=SYNAPSE_CLASSES, dpi: int = 100) -> Path:
+    """Image | reference | prediction, filled labels over the image, one row per case (the demo's overlay.png).
+
+    Args:
+        panels: ``(title, image, truth, pred)`` volumes in PLS order (radiological view, orientation letters at the
+            edges); each row shows the axial slice holding most reference labels.
+        path: output PNG.
+        class_names: names of labels 1.. (legend; colours as :func:`plot_overlay`).
+        dpi: rendering resolution.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = ListedColormap(ORGAN_COLORS[: len(class_names)])  # label i -> ORGAN_COLORS[i - 1]
+    fig, axes = plt.subplots(len(panels), 3, figsize=(12, 4.2 * len(panels) + 0.6), squeeze=False, dpi=dpi)
+    for row, (name, image, truth, pred) in zip(axes, panels):
+        z = int(np.argmax((truth > 0).reshape(-1, truth.shape[-1]).sum(0)))
+        ct = np.clip((image[..., z] + 125) / 400, 0, 1)  # soft-tissue window (W 400, L 75)
+        for ax, lab, title in zip(row, (None, truth, pred), (f"CT ({name})", "reference (model-made)", "MSA²Net")):
+            ax.imshow(ct, cmap="gray")
+            if lab is not None:
+                masked = np.ma.masked_equal(lab[..., z], 0)
+                ax.imshow(masked, cmap=colors, vmin=0.5, vmax=len(class_names) + 0.5, alpha=0.5)
+            ax.set_title(title)
+            orientation_letters(ax)
+            ax.axis("off")
+    handles = [Patch(color=c, alpha=0.5, label=n) for n, c in zip(class_names, ORGAN_COLORS)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(class_names), frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _save_fig(fig, path)
+    return Path(path)
+
+
 def plot_dice_bars(per_organ: dict, path, paper: dict | None = None, width_px: int = 800, height_px: int = 400):
     """Bar chart of per-organ Dice (0..1) with the paper's values (percent, same organ order) beside ours.
 

@@ -140,10 +140,8 @@ def dice(out: str, ckpt: str) -> dict:
 
     import pydicom
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts", "demo"))
-    from run_demo import DICOM_ORGANS, dice_per_organ, load_canonical  # the demo's own scoring
-
     from bundle.data.dicom_study import write_study
+    from bundle.evaluation.demo import DICOM_ORGANS, dice_per_organ, load_canonical  # the demo's own scoring
     from bundle.transforms.geometry import reorient_array
 
     study = write_study(os.path.join(DEMO, "example_ct_dicom"), os.path.join(out, "study"))

@@ -14,22 +14,16 @@ import subprocess
 import sys
 import time
 
-import nibabel as nib
 import numpy as np
 
+from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo
+from bundle.data.synapse import remap_labels
+from bundle.errors import InputError, run_script
+from bundle.evaluation.demo import DICOM_ORGANS, dice_per_organ, load_canonical, reference_dice
+from bundle.evaluation.plots import plot_case_rows
+from bundle.transforms.geometry import reorient_array
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo  # noqa: E402
-from bundle.data.synapse import ORGANS, remap_labels  # noqa: E402
-from bundle.errors import InputError, run_script  # noqa: E402
-from bundle.evaluation.plots import ORGAN_COLORS, orientation_letters  # noqa: E402
-from bundle.transforms.geometry import reorient_array  # noqa: E402
-
-# the organs the DICOM series' reference holds in quantity: the headline DICOM mean is over these four. Its 20 slices
-# of upper abdomen hold no kidney or gallbladder, and only 1,327 voxels of pancreas (its edge); that organ is scored
-# and reported too ("dicom_mean_dice_present": the mean over every organ in the reference).
-DICOM_ORGANS = ("spleen", "liver", "stomach", "aorta")
 
 
 def _run(cmd):
@@ -50,82 +44,6 @@ def infer(image: str, out: str) -> None:
          "--input", image, "--output_dir", f"{out}/pred", "--ckpt_path", f"{out}/model.pt", "--num_workers", "0",
          "--overwrite", "True", "--show_progress", "False"]
     )  # fmt: skip
-
-
-def dice_per_organ(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """Dice per organ id 1..8 on the whole held-out volume (NaN when the organ is in neither)."""
-    out = {}
-    for i, name in enumerate(ORGANS, start=1):
-        p, t = pred == i, truth == i
-        denom = p.sum() + t.sum()
-        out[name] = float(2 * (p & t).sum() / denom) if denom else float("nan")
-    return out
-
-
-def load_canonical(path: str, dtype=None) -> np.ndarray:
-    """A NIfTI file's array in PLS order (flips/permutations by its own affine): volumes stored in any order then
-    compare voxel for voxel, and ``imshow`` of a slice is the radiological view."""
-    img = nib.load(path)
-    return reorient_array(np.asarray(img.dataobj, dtype=dtype), img.affine)
-
-
-def _world_box(path: str) -> np.ndarray:
-    img = nib.load(path)
-    n = np.array(img.shape[:3]) - 1
-    corners = np.array([[i, j, k, 1] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
-    return np.sort((img.affine @ corners.T)[:3].T, axis=0)
-
-
-def dicom_dice(pred_path: str, label_path: str) -> tuple:
-    """Dice of the DICOM-series prediction against the reference for every organ the reference holds, and that
-    organ's voxel count in the reference, compared in world space.
-
-    The reference NIfTI is stored LAS, the prediction as the series (LPS): both are reoriented to PLS by their own
-    affines (flips only), after checking that they cover the same world box.
-
-    Returns:
-        ``({organ: Dice}, {organ: reference voxels})`` over the organs present in the reference.
-    """
-    if not np.allclose(_world_box(pred_path), _world_box(label_path), atol=1e-2):
-        raise InputError(f"{pred_path} and {label_path} do not cover the same voxels in the world.")
-    pred = load_canonical(pred_path)
-    truth = remap_labels(load_canonical(label_path).astype(np.int64), TOTALSEG_TO_SYNAPSE)
-    scores = dice_per_organ(pred, truth)
-    voxels = {name: int((truth == i).sum()) for i, name in enumerate(ORGANS, start=1)}
-    return {k: scores[k] for k in ORGANS if voxels[k]}, {k: v for k, v in voxels.items() if v}
-
-
-def overlay(panels, path: str) -> None:
-    """Writes CT | reference | prediction rows (radiological view, orientation letters), one row per case.
-
-    ``panels``: ``(title, image, truth, pred)`` volumes in PLS order; the slice with most reference organ shown.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    organs = ListedColormap(ORGAN_COLORS)  # label i -> ORGAN_COLORS[i - 1], as bundle.evaluation.plots draws them
-    fig, axes = plt.subplots(len(panels), 3, figsize=(12, 4.2 * len(panels) + 0.6), squeeze=False)
-    for row, (name, image, truth, pred) in zip(axes, panels):
-        z = int(np.argmax((truth > 0).reshape(-1, truth.shape[-1]).sum(0)))
-        ct = np.clip((image[..., z] + 125) / 400, 0, 1)
-        for ax, lab, title in zip(row, (None, truth, pred), (f"CT ({name})", "reference (model-made)", "MSA²Net")):
-            ax.imshow(ct, cmap="gray")
-            if lab is not None:
-                ax.imshow(np.ma.masked_equal(lab[..., z], 0), cmap=organs, vmin=0.5, vmax=len(ORGANS) + 0.5, alpha=0.5)
-            ax.set_title(title)
-            orientation_letters(ax)
-            ax.axis("off")
-    handles = [Patch(color=c, alpha=0.5, label=n.replace("_", " ")) for n, c in zip(ORGANS, ORGAN_COLORS)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(ORGANS), frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 _ADAMW_OVERLAY = """# written by scripts/demo/run_demo.py: AdamW for a from-scratch CPU demo of a few dozen iterations
@@ -242,10 +160,10 @@ def main(
     scores = dice_per_organ(pred, truth)
     dicom_pred = os.path.join(ROOT, out, "pred", "example_ct_dicom_seg.nii.gz")
     dicom_label = os.path.join(ROOT, data, "raw", "example_seg_dicom.nii.gz")
-    dicom_scores, dicom_voxels = dicom_dice(dicom_pred, dicom_label)
+    dicom_scores, dicom_voxels = reference_dice(dicom_pred, dicom_label)
     d_truth = remap_labels(load_canonical(dicom_label).astype(np.int64), TOTALSEG_TO_SYNAPSE)
     d_pred, d_ct = load_canonical(dicom_pred), _dicom_ct(os.path.join(ROOT, dicom))
-    overlay(
+    plot_case_rows(
         [("held-out slices, RAS 3 mm", image, truth, pred), ("DICOM series, LPS 0.98 mm", d_ct, d_truth, d_pred)],
         os.path.join(ROOT, out, "overlay.png"),
     )

@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from bundle.data.demos import build_stardist_demo
+from bundle.errors import InputError, run_script
+from bundle.evaluation.metrics import dice as dice_score
+from bundle.io.image2d import save_overlay_png
 
-from bundle.data.demos import build_stardist_demo  # noqa: E402
-from bundle.errors import InputError, run_script  # noqa: E402
-from bundle.io.image2d import save_overlay_png  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(cmd, threads):
@@ -104,7 +104,7 @@ def main(
     pred = np.asarray(Image.open(pred_path)) > 0
     if pred.shape != truth.shape:
         raise InputError(f"mask {pred.shape} != image {truth.shape} ({pred_path}).")
-    dice = 2.0 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth))
+    dice = dice_score(pred, truth)
     overlay = save_overlay_png(image, truth, os.path.join(ROOT, out, "overlay.png"), pred=pred)
     total = time.time() - t0
     result = {

@@ -13,6 +13,7 @@ from conftest import ROOT
 
 from bundle.data.synapse import BTCV_TO_SYNAPSE, TRANSUNET_TEST_CASES, prepare_btcv, remap_labels, split_cases
 from bundle.data.transunet import import_transunet
+from bundle.errors import InputError
 
 
 def test_remap_btcv_ids():
@@ -148,11 +149,8 @@ def test_data_scripts_refuse_bad_input_in_one_line(tmp_path, command):
 def test_demo_scores_every_organ_the_dicom_reference_holds(tmp_path):
     """The demo's DICOM figure names its organs: every organ present in the reference is scored (the series' small
     pancreas too) with its voxel count; the prediction is compared in world space although stored in another order."""
-    import importlib.util
+    from bundle.evaluation.demo import reference_dice
 
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(ROOT, "scripts", "demo", "run_demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     truth = np.zeros((8, 6, 4), np.uint8)  # TotalSegmentator ids: 1 spleen, 5 liver, 7 pancreas
     truth[1:3, 1:3, :] = 1
     truth[4:8, 2:6, :] = 5
@@ -163,6 +161,27 @@ def test_demo_scores_every_organ_the_dicom_reference_holds(tmp_path):
     lps = las.copy()
     lps[1, 1], lps[1, 3] = -1.0, 5.0  # stored front to back: the same voxels in the world
     nib.save(nib.Nifti1Image(pred[:, ::-1].copy(), lps), str(tmp_path / "pred.nii.gz"))
-    scores, voxels = demo.dicom_dice(str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nii.gz"))
+    scores, voxels = reference_dice(str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nii.gz"))
     assert scores == {"spleen": 1.0, "liver": 1.0, "pancreas": 0.0}
     assert voxels == {"spleen": 16, "liver": 64, "pancreas": 1}
+    shifted = lps.copy()
+    shifted[0, 3] = 3.0  # one voxel off in x: refused, not scored
+    nib.save(nib.Nifti1Image(pred, shifted), str(tmp_path / "off.nii.gz"))
+    with pytest.raises(InputError, match="do not cover the same voxels"):
+        reference_dice(str(tmp_path / "off.nii.gz"), str(tmp_path / "ref.nii.gz"))
+
+
+def test_demo_overlay_draws_one_row_per_case(tmp_path):
+    """plot_case_rows: CT | reference | prediction per case, 1200 px wide at 100 dpi, written atomically."""
+    import matplotlib.image as mpimg
+
+    from bundle.evaluation.plots import plot_case_rows
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 100, (32, 32, 4)).astype(np.float32)
+    lab = np.zeros((32, 32, 4), np.uint8)
+    lab[8:20, 8:20, 2] = 5
+    out = plot_case_rows([("a", vol, lab, lab), ("b", vol, lab, np.zeros_like(lab))], tmp_path / "rows.png")
+    h, w = mpimg.imread(out).shape[:2]
+    assert w == 1200 and h == round((4.2 * 2 + 0.6) * 100)
+    assert os.listdir(tmp_path) == ["rows.png"]
