@@ -15,6 +15,7 @@ patients. The DICOM series (a different scan, 512×512×20) is extracted for an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -25,11 +26,11 @@ from typing import Dict, Optional
 import nibabel as nib
 import numpy as np
 
-from bundle.data.fetch import sha256, sha256_bytes
 from bundle.data.synapse import label_names, remap_labels
 from bundle.errors import InputError
 from bundle.io.atomic import atomic_write_bytes
 from bundle.io.datalist import write_datalist
+from bundle.io.provenance import file_sha256
 
 SDIST_VERSION = "2.18.0"
 
@@ -71,7 +72,7 @@ def fetch_sdist(dest: str, sdist: Optional[str] = None) -> str:
     if not os.path.exists(path):
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "totalsegmentator"]
         subprocess.run(cmd + [f"totalsegmentator=={SDIST_VERSION}", "-d", dest], check=True)
-    digest = sha256(path)
+    digest = file_sha256(path)
     if digest != SDIST_SHA256:
         raise InputError(f"{path} has sha256 {digest}, expected {SDIST_SHA256} (pinned sdist).")
     return path
@@ -156,14 +157,11 @@ def fetch_stardist_images(cache: str) -> Dict[str, str]:
         ``{"img2d.tif": path, "mask2d.tif": path}``.
     """
     import glob
-    import subprocess
-    import sys
-    import tarfile
     import zipfile
 
     os.makedirs(cache, exist_ok=True)
     out = {name: os.path.join(cache, name) for name in STARDIST_SHA256}
-    if all(os.path.isfile(p) and sha256_bytes(open(p, "rb").read()) == STARDIST_SHA256[n] for n, p in out.items()):
+    if all(os.path.isfile(p) and file_sha256(p) == STARDIST_SHA256[n] for n, p in out.items()):
         return out
     archives = glob.glob(os.path.join(cache, f"stardist-{STARDIST_VERSION}*"))
     if not archives:
@@ -181,9 +179,10 @@ def fetch_stardist_images(cache: str) -> Dict[str, str]:
             with tarfile.open(archive) as tar:
                 member = next(m for m in tar.getmembers() if m.name.endswith(_STARDIST_MEMBER + name))
                 data = tar.extractfile(member).read()
-        if sha256_bytes(data) != digest:
+        got = hashlib.sha256(data).hexdigest()
+        if got != digest:
             raise InputError(
-                f"{name} in {archive} has sha256 {sha256_bytes(data)}, expected {digest}; "
+                f"{name} in {archive} has sha256 {got}, expected {digest}; "
                 f"delete {cache} and fetch stardist=={STARDIST_VERSION} again."
             )
         atomic_write_bytes(out[name], data)

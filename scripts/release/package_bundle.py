@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from bundle.data.fetch import sha256
 from bundle.errors import InputError, run_script
+from bundle.io.provenance import file_sha256
 from bundle.transforms.geometry import Geometry, checkpoint_geometry, metadata_with_geometry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def _files():
 
 def write_large_files(weights: Path, url: str, dest: Path = ROOT / "large_files.yml") -> Path:
     """``large_files.yml`` in the zoo's format: where ``models/model.pt`` is hosted and its sha256."""
-    entry = {"path": WEIGHTS, "url": url, "hash_val": sha256(str(weights)), "hash_type": "sha256"}
+    entry = {"path": WEIGHTS, "url": url, "hash_val": file_sha256(str(weights)), "hash_type": "sha256"}
     text = yaml.safe_dump({"large_files": [entry]}, sort_keys=False)
     tmp = dest.with_suffix(".tmp")
     tmp.write_text(text)
