@@ -74,9 +74,11 @@ def write_synthetic_dataset(dest: str, n_cases: int = 2, shape: Sequence[int] = 
     return path
 
 
-def write_body_ct(path: str, shape: Sequence[int] = (512, 512, 200), seed: int = 0) -> None:
+def write_body_ct(
+    path: str, shape: Sequence[int] = (512, 512, 200), seed: int = 0, spacing: Sequence[float] = (0.7, 0.7, 3.0)
+) -> None:
     """A CT-sized int16 NIfTI without labels, for speed and memory benchmarks: a body-like ellipse (soft tissue, one
-    organ) in air, with noise, 0.7 × 0.7 × 3 mm."""
+    organ) in air, with noise, ``spacing`` mm voxels."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     body = ((yy - 256) / 200.0) ** 2 + ((xx - 256) / 150.0) ** 2 < 1
@@ -85,8 +87,7 @@ def write_body_ct(path: str, shape: Sequence[int] = (512, 512, 200), seed: int =
     for z in range(shape[2]):
         sl = np.where(body, 40, -1000) + np.where(organ, 60 + z % 20, 0)
         vol[:, :, z] = (sl + rng.normal(0, 15, shape[:2])).astype(np.int16)
-    affine = np.diag([0.7, 0.7, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(vol, affine), str(path))
+    nib.save(nib.Nifti1Image(vol, np.diag([*map(float, spacing), 1.0])), str(path))
 
 
 def write_dicom_series(image_path: str, folder: str) -> str:

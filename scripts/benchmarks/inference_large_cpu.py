@@ -1,8 +1,9 @@
 """One 512×512×300 CT volume through configs/inference.yaml on CPU: wall time and memory (docs/operations.md §5).
 
 Usage (from the bundle root): ``python scripts/benchmarks/inference_large_cpu.py OUT_DIR`` twice — the first call writes
-a synthetic int16 volume (body ellipse, one organ-like block) and a randomly initialised MSA2Net ``paper`` checkpoint
-and exits, the second runs inference in a fresh process so that the peak RSS is the inference's own.
+a synthetic int16 volume (``bundle.data.synthetic.write_body_ct``: body ellipse, one organ, noise; 0.7 × 0.7 × 1.5 mm)
+and a randomly initialised MSA2Net ``paper`` checkpoint and exits, the second runs inference in a fresh process so
+that the peak RSS is the inference's own.
 """
 
 import json
@@ -16,9 +17,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from bundle.data.synthetic import write_body_ct
+from bundle.errors import install_error_hook
+from bundle.networks import MSA2Net
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-from bundle.errors import install_error_hook  # noqa: E402
 
 
 def rss_mb():
@@ -27,12 +30,7 @@ def rss_mb():
 
 
 def prepare(out):
-    arr = np.full((512, 512, 300), -1000, np.int16)
-    yy, xx = np.arange(512)[:, None] - 256, np.arange(512)[None, :] - 256
-    arr[(yy**2 / 200**2 + xx**2 / 160**2) < 1] = 40
-    arr[200:260, 150:230, 50:250] = 150
-    nib.save(nib.Nifti1Image(arr, np.diag([0.7, 0.7, 1.5, 1.0])), os.path.join(out, "large.nii.gz"))
-    from bundle.networks import MSA2Net
+    write_body_ct(os.path.join(out, "large.nii.gz"), shape=(512, 512, 300), spacing=(0.7, 0.7, 1.5))
 
     torch.manual_seed(0)
     net = MSA2Net(in_channels=1, out_channels=9, variant="paper", encoder_weights=None)
