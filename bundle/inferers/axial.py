@@ -221,7 +221,10 @@ class AxialSliceInferer(Inferer):
         """(n, C, H, W) slices of one volume → (n, H, W) labels through overlapping windows at ``pixel_size``."""
 
         def predictor(windows: torch.Tensor) -> torch.Tensor:
-            return self.scores(self._normalised(windows), networks, *args, **kwargs)
+            scores = self.scores(self._normalised(windows), networks, *args, **kwargs)
+            # MONAI weights the windows in place: a network run under inference_mode (the eager backend's wrapper)
+            # returns tensors that only inference_mode may change
+            return scores.clone() if scores.is_inference() else scores
 
         scores, theta = self.windows(x.to(device), spacing, predictor, box)
         return self._to_labels(scores, x.shape[-2], x.shape[-1], theta)

@@ -207,6 +207,17 @@ def test_onnx_runtime_gives_the_eager_labels(tmp_path):
     assert list(tmp_path.glob("*.onnx")) and (onnx != eager).float().mean() < 1e-4
 
 
+def test_a_network_run_under_inference_mode_is_blended():
+    """The eager backend's wrapper (what backend auto gives on CUDA) runs the network under inference_mode; MONAI
+    weights its windows in place, which such tensors refuse outside inference_mode."""
+    from bundle.inferers.backends import optimize_for_inference
+
+    vol = _volume(300, 260, 2, 1.0, body=(20, 280, 20, 240))
+    net = PixelNet().eval()
+    inferer = AxialSliceInferer(pixel_size=1.0, sw_batch_size=4, slice_window="sliding")
+    assert torch.equal(inferer(vol, optimize_for_inference(PixelNet().eval(), backend="eager")), inferer(vol, net))
+
+
 # --------------------------------------------------------------------------------------------------- refusals
 def test_bad_options_are_refused_with_one_line():
     with pytest.raises(InputError, match=r"slice_window sliding samples each slice at a physical pixel size"):
