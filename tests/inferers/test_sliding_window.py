@@ -2,6 +2,7 @@
 view inside some window, windows stitched where they came from, the whole-slice scores where one window covers a
 slice, windows outside the body not run, TTA / ensembles / ONNX Runtime as in whole-slice mode."""
 
+import copy
 import os
 
 import numpy as np
@@ -216,6 +217,23 @@ def test_a_network_run_under_inference_mode_is_blended():
     net = PixelNet().eval()
     inferer = AxialSliceInferer(pixel_size=1.0, sw_batch_size=4, slice_window="sliding")
     assert torch.equal(inferer(vol, optimize_for_inference(PixelNet().eval(), backend="eager")), inferer(vol, net))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_cuda_sliding_windows_as_inference_yaml_runs_them(amp):
+    """On the GPU with backend auto (the eager wrapper, channels_last) and, as --amp True, under bf16 autocast: the
+    windows are blended in float32 and give the CPU's labels (bf16: all but a few border pixels)."""
+    vol = _volume(512, 400, 4, 0.7, body=(40, 470, 30, 380))
+    torch.manual_seed(0)
+    net = TinySegNet().eval()
+    kwargs = dict(pixel_size=1.0, sw_batch_size=8, slice_window="sliding")
+    cpu = AxialSliceInferer(**kwargs)(vol, net)
+    inferer = AxialSliceInferer(backend="auto", **kwargs)
+    with torch.autocast("cuda", dtype=amp, enabled=amp is not None):
+        gpu = inferer(vol.cuda(), copy.deepcopy(net).cuda()).cpu()
+    assert (gpu != cpu).float().mean() < (1e-3 if amp is None else 2e-2)
 
 
 # --------------------------------------------------------------------------------------------------- refusals
