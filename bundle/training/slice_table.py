@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from monai.data import Dataset
 
 from bundle.errors import InputError
-from bundle.training.patches import PatchSampler
+from bundle.training.patches import PatchSampler, check_foreground_fraction
 from bundle.transforms.augment import BatchedAugment
 from bundle.transforms.geometry import (
     check_pixel_size,
@@ -189,6 +189,7 @@ class SliceBatches:
         self.rank, self.world_size = int(rank), int(world_size)
         self.augmenter = (augmenter or BatchedAugment(table.size, augment_members)) if augment else None
         self.drop_last = bool(drop_last)
+        check_foreground_fraction(foreground_fraction)  # refused in whole-slice mode too, where it is unused
         self.patches = PatchSampler(table.size, foreground_fraction) if table.extent is not None else None
         self.epoch = 1
 

@@ -110,9 +110,12 @@ def test_epochs_of_patches_depend_only_on_seed_and_epoch(cases):
     assert not torch.equal(next(iter(batches))["image"], runs[0][0][0])
 
 
-def test_bad_options_are_refused_with_one_line():
+def test_bad_options_are_refused_with_one_line(cases):
     with pytest.raises(InputError, match=r"foreground_patch_fraction 1.5 is not a fraction in \[0, 1\]"):
         PatchSampler(32, 1.5)
+    whole = SliceTable(cases[:1], ct_volume_transforms(), size=32)
+    with pytest.raises(InputError, match=r"foreground_patch_fraction -0.1 is not a fraction"):
+        SliceBatches(whole, foreground_fraction=-0.1)  # unused on whole slices, still refused
     with pytest.raises(InputError, match=r"slice_window sliding draws its patches from the slice table"):
         check_augment_backend("monai", "sliding")
     assert check_augment_backend("monai", "whole") == "monai"
