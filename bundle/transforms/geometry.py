@@ -45,11 +45,7 @@ from bundle.io.checkpoint import read_checkpoint
 from bundle.transforms.postprocess import keep_largest_component
 
 DEFAULT_AXCODES = "PLS"
-
-
 FROM_CHECKPOINT = "checkpoint"  # inference/evaluation value: apply what the checkpoint was trained with
-
-
 SLICE_WINDOWS = ("whole", "sliding")
 
 
@@ -210,12 +206,7 @@ class Geometry:
         )
 
     def state_dict(self) -> dict:
-        return {
-            "axcodes": self.axcodes,
-            "pixel_size": self.pixel_size,
-            "crop_body": self.crop_body,
-            "slice_window": self.slice_window,
-        }
+        return {key: getattr(self, key) for key in ("axcodes", "pixel_size", "crop_body", "slice_window")}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         other = Geometry.from_state(state)
@@ -239,7 +230,7 @@ class Geometry:
     def metadata(self) -> dict:
         """The fields ``metadata.json`` states under ``network_data_format.inputs.image`` (read by
         ``configs/inference_ts.yaml``, written by ``scripts/model/export_torchscript.py`` and the zip packager)."""
-        return {"axcodes": self.axcodes, "pixel_size_mm": self.pixel_size, "crop_body": self.crop_body}
+        return {"pixel_size_mm" if key == "pixel_size" else key: v for key, v in self.state_dict().items()}
 
     @property
     def official(self) -> bool:
@@ -258,7 +249,7 @@ class Geometry:
 
 def metadata_with_geometry(meta: Mapping[str, Any], geometry: Geometry) -> dict:
     """A copy of the bundle's ``metadata.json`` dict that states ``geometry``: the input's ``axcodes``,
-    ``pixel_size_mm`` and ``crop_body`` fields and the end of ``image_classes`` (from "axial slices" on), which says
+    ``pixel_size_mm``, ``crop_body`` and ``slice_window`` fields and the end of ``image_classes`` (from "axial slices" on), which says
     how a slice reaches the network, for a model trained with that geometry."""
     import copy
 
@@ -266,6 +257,9 @@ def metadata_with_geometry(meta: Mapping[str, Any], geometry: Geometry) -> dict:
     out["network_data_format"]["inputs"]["image"].update(geometry.metadata())
     if geometry.pixel_size is None:
         grid = "axial slices resized whole to 224x224 (pixel_size: none)"
+    elif geometry.slice_window == "sliding":
+        size = f"{geometry.pixel_size:g}"
+        grid = f"axial slices sampled whole at {size} mm pixels, overlapping 224x224 windows (pixel_size: {size})"
     else:
         size = f"{geometry.pixel_size:g}"
         grid = f"axial slices sampled at {size} mm pixels onto 224x224, centred (pixel_size: {size})"

@@ -418,4 +418,10 @@ def test_metadata_states_the_geometry_of_the_weights():
         "each volume cropped in-plane to the patient's body first (crop_body), axial slices sampled at 3 mm pixels "
         "onto 224x224, centred (pixel_size: 3)"
     )
+    assert image["slice_window"] == "whole"
+    sliding = metadata_with_geometry(meta, Geometry("PLS", 1.0, True, "sliding"))
+    assert sliding["network_data_format"]["inputs"]["image"]["slice_window"] == "sliding"
+    assert sliding["image_classes"].endswith(
+        "(crop_body), axial slices sampled whole at 1 mm pixels, overlapping 224x224 windows (pixel_size: 1)"
+    )
     assert meta["network_data_format"]["inputs"]["image"]["pixel_size_mm"] is None  # the input is not changed
