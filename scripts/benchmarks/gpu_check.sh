@@ -69,7 +69,9 @@ step "CUDA tests (pytest -m cuda)" 100 "" \
 step "forward: eager fp32 / bf16, batch 1, 32, 128" 60 forward_cuda \
   $BENCH forward --device cuda --backends eager --dtypes fp32,bf16 --batches 1,32,128 --reps 10 --warmup 3 \
   --train False --name forward_cuda
-for dt in fp32 bf16; do  # whole slices (official) and sliding windows at 1.0 mm (4 windows a slice), alternated
+# whole slices (official) and sliding windows at 1.0 mm, alternated: 2 windows a slice (the synthetic body is
+# 280 x 210 mm, write_body_ct)
+for dt in fp32 bf16; do
   step "volume 512x512x200 as inference.yaml on the GPU, $dt: whole slices, sliding windows at 1 mm" 75 \
     "volume_cuda_$dt" $BENCH volume --device cuda --backend auto --dtype $dt --batch 16 --slices 200 \
     --modes whole,sliding:1.0 --name "volume_cuda_$dt"
