@@ -10,7 +10,10 @@ holds full-volume float logits (9·512²·300·4 B = 2.8 GB). Two resampling mod
   there (smoother organ borders than a nearest-neighbour zoom of a 224² label map).
 
 With ``pixel_size`` set, both modes sample each slice onto a grid of that physical pixel size instead
-(:func:`bundle.transforms.geometry.network_grid_theta`) and map back with its inverse. Optional flip test-time augmentation
+(:func:`bundle.transforms.geometry.network_grid_theta`) and map back with its inverse: one network-sized grid centred on
+the slice (``slice_window="whole"``), or the whole slice at that pixel size covered by overlapping network-sized
+windows, Gaussian-blended (``slice_window="sliding"``, :class:`bundle.inferers.sliding.SliceWindows`; a chunk is then
+``sw_batch_size`` slices and each forward pass ``sw_batch_size`` of their windows). Optional flip test-time augmentation
 (``tta``) and checkpoint ensembles (``networks``, see :func:`load_checkpoints`) average **softmax probabilities** per
 chunk. The label map comes out on the canonically oriented grid of the preprocessing (flips/permutations only); the
 configs' ``Invertd`` puts it back on the input's stored grid before :class:`SaveLabelNiftid` writes it.
@@ -29,7 +32,8 @@ from scipy.ndimage import zoom
 
 from bundle.errors import InputError
 from bundle.inferers.backends import BACKENDS, optimize_for_inference
-from bundle.transforms.geometry import check_pixel_size, inplane_spacing, to_network_grid
+from bundle.inferers.sliding import SliceWindows, body_box
+from bundle.transforms.geometry import body_mask, check_pixel_size, check_slice_window, inplane_spacing, to_network_grid
 
 # flip TTA: identity, left-right, up-down, both (the training augmentation flips each axis with p = 0.5)
 TTA_FLIPS = ((), (-1,), (-2,), (-2, -1))
@@ -60,6 +64,12 @@ class AxialSliceInferer(Inferer):
             ``roi_size`` pixels of that size centred on the slice (:func:`bundle.transforms.geometry.network_grid_theta`, the
             training mapping) and maps the scores back with its inverse; outside the field of view is background.
             The slice's pixel size comes from the input's meta affine.
+        slice_window: ``"whole"`` (one network grid per slice, above) or ``"sliding"`` (needs ``pixel_size``): each
+            slice whole at ``pixel_size``, covered by windows of ``roi_size``
+            (:class:`bundle.inferers.sliding.SliceWindows`).
+        window_overlap: ``sliding``: the fraction of a window shared with its neighbour (0.5: nnU-Net's step).
+        skip_outside_body: ``sliding``: window only the bounding box of the patient's body
+            (:func:`bundle.inferers.sliding.body_box`), the rest of the slice is background.
 
     With one network and no TTA the argmax is taken on the raw logits (bit-identical to earlier releases);
     otherwise on ``log(mean softmax)``, whose argmax is that of the averaged probabilities.
@@ -77,6 +87,9 @@ class AxialSliceInferer(Inferer):
         networks: Optional[Sequence[Callable[..., torch.Tensor]]] = None,
         backend: str = "eager",
         pixel_size: Optional[float] = None,
+        slice_window: str = "whole",
+        window_overlap: float = 0.5,
+        skip_outside_body: bool = True,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
@@ -103,6 +116,13 @@ class AxialSliceInferer(Inferer):
         self.tta = bool(tta)
         self.networks = list(networks or [])
         self.pixel_size = check_pixel_size(pixel_size)
+        self.slice_window = check_slice_window(slice_window, self.pixel_size)
+        self.windows = (
+            SliceWindows(self.roi_size, self.pixel_size, self.sw_batch_size, window_overlap)
+            if self.slice_window == "sliding"
+            else None
+        )
+        self.skip_outside_body = bool(skip_outside_body)
         self._last_theta: Optional[torch.Tensor] = None  # the last chunk's network-grid matrices (pixel_size)
 
     def scores(self, x: torch.Tensor, networks: Sequence[Callable[..., torch.Tensor]], *args: Any, **kwargs: Any):
@@ -183,6 +203,32 @@ class AxialSliceInferer(Inferer):
         scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
         return scores.argmax(1).to(torch.uint8)
 
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) / 0.5 if self.normalise else x
+
+    def _window_boxes(self, inputs: torch.Tensor, spacings: torch.Tensor) -> list:
+        """Per volume, the part of its slices' ``pixel_size`` grid the windows cover (sliding; ``None``: all)."""
+        h, w = inputs.shape[2:4]
+        boxes = []
+        for volume, spacing in zip(inputs, spacings.tolist()):
+            grid = self.windows.grid_size((h, w), spacing)
+            # body_mask gives every slice the union of the slices' bodies: one box per volume
+            body = body_mask(torch.as_tensor(volume))[0, :, :, 0] if self.skip_outside_body else None
+            boxes.append(body_box(body, spacing, self.pixel_size, grid, self.roi_size))
+        return boxes
+
+    def _sliding_labels(self, x, spacing, box, device, networks, *args, **kwargs) -> torch.Tensor:
+        """(n, C, H, W) slices of one volume → (n, H, W) labels through overlapping windows at ``pixel_size``."""
+
+        def predictor(windows: torch.Tensor) -> torch.Tensor:
+            scores = self.scores(self._normalised(windows), networks, *args, **kwargs)
+            # MONAI weights the windows in place: a network run under inference_mode (the eager backend's wrapper)
+            # returns tensors that only inference_mode may change
+            return scores.clone() if scores.is_inference() else scores
+
+        scores, theta = self.windows(x.to(device), spacing, predictor, box)
+        return self._to_labels(scores, x.shape[-2], x.shape[-1], theta)
+
     def _spacings(self, inputs: torch.Tensor, b: int) -> Optional[torch.Tensor]:
         """(B, 2) in-plane pixel sizes (mm) from the volumes' affines, or ``None`` (whole-slice resize)."""
         if self.pixel_size is None:
@@ -205,6 +251,7 @@ class AxialSliceInferer(Inferer):
         device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
         networks = [self._accelerate(net) for net in (self.networks or [network])]
         spacings = self._spacings(inputs, b)
+        boxes = self._window_boxes(inputs, spacings) if self.windows is not None else None
         # labels stay on a CUDA device until the volume is done (no host round trip per chunk; 52 MB for 512²×200)
         out = torch.zeros((b, 1, h, w, d), dtype=torch.uint8, device=device if device.type == "cuda" else "cpu")
         chunks = range(0, d, self.sw_batch_size)
@@ -216,9 +263,15 @@ class AxialSliceInferer(Inferer):
             for z0 in chunks:
                 z1 = min(z0 + self.sw_batch_size, d)
                 x = torch.as_tensor(inputs[..., z0:z1]).permute(0, 4, 1, 2, 3).reshape(-1, c, h, w).float()
-                spacing = None if spacings is None else spacings.repeat_interleave(z1 - z0, dim=0)  # x is (B·n, …)
-                scores = self.scores(self._to_roi(x, device, spacing), networks, *args, **kwargs)
-                labels = self._to_labels(scores, h, w, self._last_theta)  # (B·n, H, W); scores freed per chunk
+                if self.windows is not None:  # sliding: each volume's slices on the grid of its own pixel size
+                    volumes = zip(x.split(z1 - z0), spacings.tolist(), boxes)
+                    labels = torch.cat(
+                        [self._sliding_labels(v, sp, box, device, networks, *args, **kwargs) for v, sp, box in volumes]
+                    )
+                else:
+                    spacing = None if spacings is None else spacings.repeat_interleave(z1 - z0, dim=0)  # x: (B·n, …)
+                    scores = self.scores(self._to_roi(x, device, spacing), networks, *args, **kwargs)
+                    labels = self._to_labels(scores, h, w, self._last_theta)  # (B·n, H, W); scores freed per chunk
                 out[:, 0, :, :, z0:z1] = labels.to(out.device).reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
         result, *_ = convert_to_dst_type(out, inputs, dtype=torch.uint8)  # keeps the input's meta/affine
         return result

@@ -7,6 +7,11 @@ flat table: image float16 (N, 1, S, S), label uint8 (N, S, S), case index (N,). 
 (CUDA) or in (pinned, when CUDA exists) host memory. Synapse's 2,211 slices at 224² take 2211 · 224² · 3 B =
 333 MB.
 
+With ``slice_window="sliding"`` each slice is kept whole on its ``pixel_size`` grid instead
+(:func:`bundle.transforms.geometry.native_grid_size`: the slice's whole field of view, at least the network size; the
+rows are padded to the largest grid and ``extent`` records each one's), and every batch row is a network-sized patch
+of it (:class:`bundle.training.patches.PatchSampler`, with foreground oversampling).
+
 :class:`SliceBatches` is what the trainer iterates: each epoch is ``slices_per_epoch`` slices taken from a running
 stream of shuffled passes over the table (a new permutation per pass, seeded by the run's seed and the pass number),
 so with ``slices_per_epoch`` = the table size every slice is seen once per epoch -- the official epoch -- and the
@@ -29,8 +34,15 @@ import torch.nn.functional as F
 from monai.data import Dataset
 
 from bundle.errors import InputError
+from bundle.training.patches import PatchSampler, check_foreground_fraction
 from bundle.transforms.augment import BatchedAugment
-from bundle.transforms.geometry import check_pixel_size, inplane_spacing, to_network_grid
+from bundle.transforms.geometry import (
+    check_pixel_size,
+    check_slice_window,
+    inplane_spacing,
+    native_grid_size,
+    to_network_grid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +59,8 @@ class SliceTable:
             (1, H, W, D) image in [0, 1] and label.
         size: network grid S (224).
         pixel_size: network pixel size in mm, or ``None`` for the official whole-slice resize.
+        slice_window: ``"whole"`` (each slice on the S × S network grid) or ``"sliding"`` (each slice whole at
+            ``pixel_size``; batches are patches of it).
         device: where the table lives (the training device); on CPU the tensors are pinned when CUDA exists.
         dtype: image dtype in the table (``float16`` halves the memory; the network gets float32 batches).
         chunk: slices resized per call (bounds the transient memory of one volume).
@@ -59,15 +73,17 @@ class SliceTable:
         transform: Any,
         size: int = 224,
         pixel_size: Optional[float] = None,
+        slice_window: str = "whole",
         device: Union[str, torch.device] = "cpu",
         dtype: torch.dtype = torch.float16,
         chunk: int = 64,
         progress: bool = False,
     ) -> None:
         self.size, self.pixel_size = int(size), check_pixel_size(pixel_size)
+        self.slice_window = check_slice_window(slice_window, self.pixel_size)
         self.device = torch.device(device)
         started = time.perf_counter()
-        images, labels, cases = [], [], []
+        images, labels, cases, extents = [], [], [], []
         volumes = Dataset(list(data), transform)
         order = range(len(volumes))
         if progress:
@@ -79,13 +95,17 @@ class SliceTable:
             img, lab = item["image"], item["label"]
             spacing = inplane_spacing(img.affine) if self.pixel_size is not None else None
             img, lab = (_plain(x)[0].permute(2, 0, 1)[:, None] for x in (img, lab))  # (D, 1, H, W) float32
+            grid = self._grid_size(img.shape[-2:], spacing)
             for z0 in range(0, img.shape[0], chunk):
-                images.append(self._grid(img[z0 : z0 + chunk], "bicubic", spacing).to(dtype))
-                labels.append(self._grid(lab[z0 : z0 + chunk], "nearest", spacing)[:, 0].to(torch.uint8))
+                images.append(self._grid(img[z0 : z0 + chunk], "bicubic", spacing, grid).to(dtype))
+                labels.append(self._grid(lab[z0 : z0 + chunk], "nearest", spacing, grid)[:, 0].to(torch.uint8))
             cases.append(torch.full((img.shape[0],), case, dtype=torch.int32))
+            extents.append(torch.tensor([grid], dtype=torch.int32).expand(img.shape[0], 2))
         if not images:
             raise ValueError("SliceTable: the training datalist holds no slice.")
-        self.image, self.label, self.case = (self._place(torch.cat(t)) for t in (images, labels, cases))
+        self.image, self.label, self.case = (self._place(_stack_padded(t)) for t in (images, labels, cases))
+        # sliding: each row's grid size (its slice fills [:rows, :columns] of the padded row); whole: None
+        self.extent = self._place(torch.cat(extents)) if self.slice_window == "sliding" else None
         self.seconds = time.perf_counter() - started
         logger.info(
             "slice table: %d slices of %d volumes, %.0f MB on %s, built in %.1f s",
@@ -96,13 +116,17 @@ class SliceTable:
             self.seconds,
         )
 
-    def _grid(self, x: torch.Tensor, mode: str, spacing) -> torch.Tensor:
+    def _grid_size(self, size, spacing) -> tuple:
+        """A volume's slice grid: S × S, or (sliding) its whole field of view at ``pixel_size``."""
+        if self.slice_window == "sliding":
+            return native_grid_size(tuple(size), spacing, self.pixel_size, (self.size, self.size))
+        return self.size, self.size
+
+    def _grid(self, x: torch.Tensor, mode: str, spacing, grid: tuple) -> torch.Tensor:
         if self.pixel_size is None:  # the official whole-slice resize, as bundle.transforms.ct.NetworkGridd
-            return F.interpolate(
-                x, size=(self.size, self.size), mode=mode, align_corners=None if mode == "nearest" else False
-            )
+            return F.interpolate(x, size=grid, mode=mode, align_corners=None if mode == "nearest" else False)
         sp = torch.tensor([spacing], dtype=torch.float64).expand(x.shape[0], 2)
-        return to_network_grid(x, sp, self.pixel_size, (self.size, self.size), mode)[0]
+        return to_network_grid(x, sp, self.pixel_size, grid, mode)[0]
 
     def _place(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -114,7 +138,8 @@ class SliceTable:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.image, self.label, self.case))
+        parts = (self.image, self.label, self.case) + (() if self.extent is None else (self.extent,))
+        return sum(t.numel() * t.element_size() for t in parts)
 
 
 class SliceBatches:
@@ -132,6 +157,8 @@ class SliceBatches:
         augment_members: draw only these members of the official list (default: all ten;
             :data:`bundle.transforms.augment.MEMBERS`).
         augmenter: a custom augmenter (default: ``BatchedAugment(table.size, augment_members)``).
+        foreground_fraction: sliding tables: the share of patches centred on a labelled pixel
+            (:class:`bundle.training.patches.PatchSampler`; nnU-Net's ⅓).
         drop_last: leave out the epoch's short last batch (as ``DataLoader(drop_last=True)``), so every batch has
             one shape and ``torch.compile`` compiles one graph (train.yaml sets it with ``compile``); the left-out
             slices differ from epoch to epoch. A rank's share smaller than one batch stays one short batch.
@@ -150,6 +177,7 @@ class SliceBatches:
         augment_members: Optional[Sequence[str]] = None,
         augmenter: Optional[Any] = None,
         drop_last: bool = False,
+        foreground_fraction: float = 1.0 / 3.0,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -161,6 +189,8 @@ class SliceBatches:
         self.rank, self.world_size = int(rank), int(world_size)
         self.augmenter = (augmenter or BatchedAugment(table.size, augment_members)) if augment else None
         self.drop_last = bool(drop_last)
+        check_foreground_fraction(foreground_fraction)  # refused in whole-slice mode too, where it is unused
+        self.patches = PatchSampler(table.size, foreground_fraction) if table.extent is not None else None
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -197,13 +227,36 @@ class SliceBatches:
             (self.seed * 7919 + self.epoch * 104729 + self.rank) % 2**63
         )
         table = self.table
+        # sliding: patch positions from their own stream on the table's device (the augmentation's stays as it was)
+        positions = None
+        if self.patches is not None:
+            positions = torch.Generator(device=table.image.device).manual_seed(
+                (self.seed * 7919 + self.epoch * 104729 + self.rank + 1) % 2**63
+            )
         for chunk in rows.split(self.batch_size)[: len(self)]:
             index = chunk.to(table.image.device)
-            image = table.image.index_select(0, index).to(self.device, non_blocking=True).float()
-            label = table.label.index_select(0, index).to(self.device, non_blocking=True)[:, None]
+            if self.patches is not None:
+                image, label = self.patches(table.image, table.label, table.extent, index, positions)
+            else:
+                image, label = table.image.index_select(0, index), table.label.index_select(0, index)
+            image = image.to(self.device, non_blocking=True).float()
+            label = label.to(self.device, non_blocking=True)[:, None]
             if self.augmenter is not None:
                 image, label = self.augmenter(image, label, g)
             yield {"image": (image - 0.5) / 0.5, "label": label.float()}
+
+
+def _stack_padded(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along rows; rows of different (H, W) (sliding grids) are zero-padded at the end to the largest."""
+    if len({tuple(p.shape[1:]) for p in parts}) == 1:
+        return torch.cat(parts)
+    shape = [max(p.shape[i] for p in parts) for i in range(1, parts[0].ndim)]
+    out = parts[0].new_zeros((sum(p.shape[0] for p in parts), *shape))
+    start = 0
+    for p in parts:
+        out[(slice(start, start + p.shape[0]), *(slice(0, n) for n in p.shape[1:]))] = p
+        start += p.shape[0]
+    return out
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -212,12 +265,18 @@ def _plain(x: Any) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def check_augment_backend(backend: str) -> str:
-    """Refuses an unknown ``augment_backend`` with the options (first items of a training config's ``run``)."""
+def check_augment_backend(backend: str, slice_window: str = "whole") -> str:
+    """Refuses an unknown ``augment_backend`` with the options (first items of a training config's ``run``), and the
+    per-sample MONAI list with sliding windows (patches are drawn from the slice table only)."""
     if backend not in AUGMENT_BACKENDS:
 
         raise InputError(
             f"augment_backend {backend!r} is not one of {AUGMENT_BACKENDS}: pass --augment_backend batched "
             "(slice table, augmentation on the training device) or monai (per-sample MONAI list)."
+        )
+    if backend == "monai" and slice_window == "sliding":
+        raise InputError(
+            "slice_window sliding draws its patches from the slice table: pass --augment_backend batched (the "
+            "default), or --slice_window whole to train with the per-sample MONAI list."
         )
     return backend

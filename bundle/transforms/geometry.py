@@ -1,6 +1,6 @@
 """Where a CT volume's voxels lie in the patient, and how an axial slice reaches the 224² network grid.
 
-Two settings decide what the network sees; training saves them with every checkpoint (``"geometry"`` entry) and
+Four settings decide what the network sees; training saves them with every checkpoint (``"geometry"`` entry) and
 inference and evaluation apply the checkpoint's own (:func:`checkpoint_geometry`):
 
 * ``axcodes`` -- the canonical storage order every volume is turned into before slicing (MONAI ``Orientationd``:
@@ -18,6 +18,11 @@ inference and evaluation apply the checkpoint's own (:func:`checkpoint_geometry`
   invertible, every slice kept), so the grid is centred on the patient wherever the scanner put them. A model
   trained on few patients reads absolute position in the grid (on the demo, shifting held-out slices by 33 mm drops
   their Dice from 0.77 to 0.23), so this is what lets it carry to a scan framed differently.
+* ``slice_window`` -- ``"whole"`` (official): one network grid per slice, as above. ``"sliding"`` (needs
+  ``pixel_size``): each slice is sampled whole onto a grid of ``pixel_size`` mm pixels (:func:`native_grid_size`:
+  its whole field of view, at least the network size), training draws network-sized patches from it and inference
+  covers it with overlapping network-sized windows (:class:`bundle.inferers.axial.AxialSliceInferer`), so no part of
+  a large field of view is cut off at a fine pixel size (``docs/orientation.md``).
 
 :func:`to_network_grid` (anti-aliasing + the :func:`network_grid_theta` sampling) is the one mapping from a slice to
 a physical-pixel-size network grid; the training transform (:class:`bundle.transforms.ct.NetworkGridd`), the slice table
@@ -40,9 +45,8 @@ from bundle.io.checkpoint import read_checkpoint
 from bundle.transforms.postprocess import keep_largest_component
 
 DEFAULT_AXCODES = "PLS"
-
-
 FROM_CHECKPOINT = "checkpoint"  # inference/evaluation value: apply what the checkpoint was trained with
+SLICE_WINDOWS = ("whole", "sliding")
 
 
 _PAIRS = ("LR", "AP", "SI")
@@ -101,6 +105,27 @@ def check_crop_body(crop_body: Any) -> bool:
     return crop_body
 
 
+def check_slice_window(slice_window: Any, pixel_size: Optional[float]) -> str:
+    """``"whole"`` or ``"sliding"``; sliding windows need a physical ``pixel_size`` (checked already).
+
+    Raises:
+        InputError: another value, or ``sliding`` without a pixel size.
+    """
+    value = str(slice_window).strip().lower()
+    if value not in SLICE_WINDOWS:
+        raise InputError(
+            f"slice_window {slice_window!r} is not whole or sliding: give --slice_window whole (each slice on one "
+            "network grid, the official recipe) or --slice_window sliding (each slice at --pixel_size, covered by "
+            "overlapping network-sized windows)."
+        )
+    if value == "sliding" and pixel_size is None:
+        raise InputError(
+            "slice_window sliding samples each slice at a physical pixel size: give it one, e.g. --pixel_size 1.0 "
+            "(or --slice_window whole to resize whole slices to the network grid, the official recipe)."
+        )
+    return value
+
+
 def body_mask(image: Any, threshold: float = 0.0) -> torch.Tensor:
     """Where the patient's body is, for ``CropForegroundd(select_fn=body_mask)``: on every slice the largest
     connected region of ``image > threshold`` (windowed CT: HU above -125, so air and noise are out and a table or
@@ -137,8 +162,8 @@ def body_mask(image: Any, threshold: float = 0.0) -> torch.Tensor:
 
 
 class Geometry:
-    """The storage order, network pixel size and field-of-view centre a network is trained and applied with; saved
-    in checkpoints.
+    """The storage order, network pixel size, field-of-view centre and slice windowing a network is trained and
+    applied with; saved in checkpoints.
 
     Has ``state_dict`` / ``load_state_dict``, so it goes into a ``CheckpointSaver``'s ``save_dict`` beside the
     model. Loading a checkpoint made with other settings refuses with the options to pass (a resumed run must not
@@ -149,24 +174,39 @@ class Geometry:
         pixel_size: network pixel size in mm, or ``None`` (:func:`check_pixel_size`).
         crop_body: crop each volume in-plane to the patient's body first (:func:`body_mask`), so the network grid
             is centred on the patient, not on the scanner's field of view; ``False``: the official recipe.
+        slice_window: ``"whole"`` (one network grid per slice, the official recipe) or ``"sliding"`` (each slice
+            whole at ``pixel_size``, network-sized patches in training and overlapping windows in inference).
 
     Examples::
 
         >>> Geometry("PLS", 1.6).state_dict()
-        {'axcodes': 'PLS', 'pixel_size': 1.6, 'crop_body': False}
+        {'axcodes': 'PLS', 'pixel_size': 1.6, 'crop_body': False, 'slice_window': 'whole'}
     """
 
-    def __init__(self, axcodes: str = DEFAULT_AXCODES, pixel_size: Optional[float] = None, crop_body: bool = False):
+    def __init__(
+        self,
+        axcodes: str = DEFAULT_AXCODES,
+        pixel_size: Optional[float] = None,
+        crop_body: bool = False,
+        slice_window: str = "whole",
+    ):
         self.axcodes = check_axcodes(axcodes)
         self.pixel_size = check_pixel_size(pixel_size)
         self.crop_body = check_crop_body(crop_body)
+        self.slice_window = check_slice_window(slice_window, self.pixel_size)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "Geometry":
-        return cls(state.get("axcodes", DEFAULT_AXCODES), state.get("pixel_size"), state.get("crop_body", False))
+        # checkpoints made before slice_window existed were trained on whole slices
+        return cls(
+            state.get("axcodes", DEFAULT_AXCODES),
+            state.get("pixel_size"),
+            state.get("crop_body", False),
+            state.get("slice_window", "whole"),
+        )
 
     def state_dict(self) -> dict:
-        return {"axcodes": self.axcodes, "pixel_size": self.pixel_size, "crop_body": self.crop_body}
+        return {key: getattr(self, key) for key in ("axcodes", "pixel_size", "crop_body", "slice_window")}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         other = Geometry.from_state(state)
@@ -178,16 +218,19 @@ class Geometry:
 
     def describe(self) -> str:
         size = "whole-slice resize" if self.pixel_size is None else f"pixel_size {self.pixel_size:g} mm"
-        return f"axcodes {self.axcodes}, {size}, crop_body {self.crop_body}"
+        return f"axcodes {self.axcodes}, {size}, crop_body {self.crop_body}, slice_window {self.slice_window}"
 
     def options(self) -> str:
         size = "$None" if self.pixel_size is None else f"{self.pixel_size:g}"
-        return f"--axcodes {self.axcodes} --pixel_size {size} --crop_body {self.crop_body}"
+        return (
+            f"--axcodes {self.axcodes} --pixel_size {size} --crop_body {self.crop_body} "
+            f"--slice_window {self.slice_window}"
+        )
 
     def metadata(self) -> dict:
         """The fields ``metadata.json`` states under ``network_data_format.inputs.image`` (read by
         ``configs/inference_ts.yaml``, written by ``scripts/model/export_torchscript.py`` and the zip packager)."""
-        return {"axcodes": self.axcodes, "pixel_size_mm": self.pixel_size, "crop_body": self.crop_body}
+        return {"pixel_size_mm" if key == "pixel_size" else key: v for key, v in self.state_dict().items()}
 
     @property
     def official(self) -> bool:
@@ -198,12 +241,15 @@ class Geometry:
         return isinstance(other, Geometry) and other.state_dict() == self.state_dict()
 
     def __repr__(self) -> str:
-        return f"Geometry(axcodes={self.axcodes!r}, pixel_size={self.pixel_size!r}, crop_body={self.crop_body!r})"
+        return (
+            f"Geometry(axcodes={self.axcodes!r}, pixel_size={self.pixel_size!r}, crop_body={self.crop_body!r}, "
+            f"slice_window={self.slice_window!r})"
+        )
 
 
 def metadata_with_geometry(meta: Mapping[str, Any], geometry: Geometry) -> dict:
     """A copy of the bundle's ``metadata.json`` dict that states ``geometry``: the input's ``axcodes``,
-    ``pixel_size_mm`` and ``crop_body`` fields and the end of ``image_classes`` (from "axial slices" on), which says
+    ``pixel_size_mm``, ``crop_body`` and ``slice_window`` fields and the end of ``image_classes`` (from "axial slices" on), which says
     how a slice reaches the network, for a model trained with that geometry."""
     import copy
 
@@ -211,6 +257,9 @@ def metadata_with_geometry(meta: Mapping[str, Any], geometry: Geometry) -> dict:
     out["network_data_format"]["inputs"]["image"].update(geometry.metadata())
     if geometry.pixel_size is None:
         grid = "axial slices resized whole to 224x224 (pixel_size: none)"
+    elif geometry.slice_window == "sliding":
+        size = f"{geometry.pixel_size:g}"
+        grid = f"axial slices sampled whole at {size} mm pixels, overlapping 224x224 windows (pixel_size: {size})"
     else:
         size = f"{geometry.pixel_size:g}"
         grid = f"axial slices sampled at {size} mm pixels onto 224x224, centred (pixel_size: {size})"
@@ -241,12 +290,13 @@ def checkpoint_geometry(
     axcodes: str = FROM_CHECKPOINT,
     pixel_size: Union[float, str, None] = FROM_CHECKPOINT,
     crop_body: Union[bool, str] = FROM_CHECKPOINT,
+    slice_window: str = FROM_CHECKPOINT,
 ) -> Geometry:
     """The geometry to apply a checkpoint (or an ensemble) with: the one saved in it, checked against overrides.
 
     A checkpoint without a ``geometry`` entry (converted official weights, older files) gets the official one
-    (``PLS``, whole-slice resize, no body crop). An explicit ``axcodes`` / ``pixel_size`` / ``crop_body`` must
-    agree with a saved one.
+    (``PLS``, whole-slice resize, no body crop, whole slices). An explicit ``axcodes`` / ``pixel_size`` /
+    ``crop_body`` / ``slice_window`` must agree with a saved one.
 
     Args:
         ckpt_path: the single checkpoint (used when ``ckpt_paths`` is empty).
@@ -254,6 +304,7 @@ def checkpoint_geometry(
         axcodes: ``"checkpoint"`` or an explicit order.
         pixel_size: ``"checkpoint"``, ``None`` or mm.
         crop_body: ``"checkpoint"`` or a bool.
+        slice_window: ``"checkpoint"``, ``"whole"`` or ``"sliding"``.
 
     Raises:
         InputError: members disagree, or an explicit setting contradicts the checkpoint.
@@ -272,12 +323,14 @@ def checkpoint_geometry(
         base.axcodes if axcodes == FROM_CHECKPOINT else axcodes,
         base.pixel_size if pixel_size == FROM_CHECKPOINT else pixel_size,
         base.crop_body if crop_body == FROM_CHECKPOINT else crop_body,
+        base.slice_window if slice_window == FROM_CHECKPOINT else slice_window,
     )
     if found and wanted != base:
         path = next(iter(found))
         raise InputError(
             f"checkpoint {path} was trained with {base.describe()}, but {wanted.describe()} was asked for: drop "
-            f"--axcodes/--pixel_size/--crop_body (the checkpoint's own are applied) or pass {base.options()}."
+            f"--axcodes/--pixel_size/--crop_body/--slice_window (the checkpoint's own are applied) or pass "
+            f"{base.options()}."
         )
     return wanted
 
@@ -308,6 +361,27 @@ def network_grid_theta(
     s_cols = roi[1] * pixel_size / (size[1] * spacing[1])
     # affine_grid's first output coordinate is x (columns), the second y (rows)
     return torch.tensor([[s_cols, 0.0, 0.0], [0.0, s_rows, 0.0]], dtype=torch.float32)
+
+
+def native_grid_size(size: Sequence[int], spacing: Sequence[float], pixel_size: float, minimum: Sequence[int]) -> tuple:
+    """(rows, columns) of the ``pixel_size`` grid that holds a whole slice (``slice_window: sliding``).
+
+    Each axis gets ``ceil(size · spacing / pixel_size)`` pixels, so the slice's whole field of view is inside (the
+    grid is centred on the slice, as :func:`network_grid_theta`; the fraction of a pixel left over pads with air),
+    and at least ``minimum`` (the network size): a slice smaller than one window is padded to it, which makes the
+    grid of such a slice the ``slice_window: whole`` grid at the same pixel size.
+
+    Args:
+        size: slice (rows, columns) in pixels.
+        spacing: slice (row, column) pixel size in mm.
+        pixel_size: grid pixel size in mm.
+        minimum: the network grid (rows, columns).
+    """
+    # a thousandth of a pixel of tolerance: affines are often float32 (50 pixels of 0.8f mm are 80.000002 mm), and
+    # 80 pixels of 0.5 mm hold them; the extra pixel would only be padding
+    return tuple(
+        max(int(math.ceil(n * float(sp) / pixel_size - 1e-3)), int(m)) for n, sp, m in zip(size, spacing, minimum)
+    )
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, axis: int, truncate: float = 3.0) -> torch.Tensor:

@@ -10,6 +10,7 @@ Examples::
     python scripts/benchmarks/benchmark.py forward --threads 2                        # CPU: eager/onnx, fp32/bf16
     python scripts/benchmarks/benchmark.py forward --device cuda --dtypes fp32,bf16,fp16 --batches 1,8,32,128
     python scripts/benchmarks/benchmark.py volume --threads 2 --backend auto --batch 4
+    python scripts/benchmarks/benchmark.py volume --threads 2 --batch 8 --modes whole,sliding:1.0 --rounds 2
     python scripts/benchmarks/benchmark.py side_by_side --threads 2 --official_repo /tmp/msa2net_src --rounds 10
     python scripts/benchmarks/benchmark.py loader
     python scripts/benchmarks/benchmark.py tensorrt --precisions fp32,tf32 --batches 1,16,32       # CUDA + TensorRT only
@@ -269,20 +270,52 @@ def forward(
 
 # ----------------------------------------------------------------------------------------------- volume
 def _bundle_volume_inference(
-    fast, image_path: Path, out_dir: Path, batch: int, device: str = "cpu", amp: Optional[torch.dtype] = None
+    fast,
+    image_path: Path,
+    out_dir: Path,
+    batch: int,
+    device: str = "cpu",
+    amp: Optional[torch.dtype] = None,
+    mode: str = "whole",
 ) -> int:
     """The bundle's own path, as configs/inference.yaml runs it: ct_volume_transforms (the DataLoader's work, CPU)
     -> the volume to ``device`` (the evaluator's prepare_batch) -> AxialSliceInferer there (bicubic 224², network,
     bilinear scores back, per-chunk argmax), under ``amp`` autocast as ``--amp True`` -> SaveLabelNiftid (uint8
-    NIfTI, CPU)."""
+    NIfTI, CPU). ``mode``: ``whole`` (official whole-slice resize), ``whole:<mm>`` (one 224² grid of <mm> pixels) or
+    ``sliding:<mm>`` (``slice_window: sliding`` at <mm>)."""
 
+    window, _, size = mode.partition(":")
     data = ct_volume_transforms(keys=["image"])({"image": str(image_path)})
     image = data["image"]
     volume = image[None].to(device, non_blocking=True)
+    inferer = AxialSliceInferer(
+        roi_size=(224, 224), sw_batch_size=batch, pixel_size=float(size) if size else None, slice_window=window
+    )
     with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
-        pred = AxialSliceInferer(roi_size=(224, 224), sw_batch_size=batch)(volume, fast)[0]
+        pred = inferer(volume, fast)[0]
     SaveLabelNiftid(keys="pred", output_dir=str(out_dir), overwrite=True)({"image": image, "pred": pred})
     return int(image.shape[-1])
+
+
+def _reset_peak_rss() -> bool:
+    """Resets the process's peak RSS (VmHWM) so that the next row's peak is its own (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_gib() -> float:
+    """VmHWM (since the last :func:`_reset_peak_rss`), else the process maximum."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def volume(
@@ -293,11 +326,16 @@ def volume(
     dtype: str = "fp32",
     batch: int = 4,
     slices: int = 200,
+    modes: str = "whole",
+    rounds: int = 1,
     name: str = "",
 ) -> None:
-    """Whole-volume inference of a synthetic 512×512×``slices`` CT NIfTI, read to written mask.
+    """Whole-volume inference of a synthetic 512×512×``slices`` CT NIfTI (0.7 mm pixels), read to written mask.
 
-    Run each configuration in its own process: peak RSS is the process maximum (``ru_maxrss``), setup included.
+    ``modes``: comma-separated ``whole`` (official whole-slice resize), ``whole:<mm>`` or ``sliding:<mm>``
+    (``slice_window: sliding``); timed alternately, ``rounds`` times each, in this process (a shared machine's load
+    hits every mode alike). Peak RSS per row: the process's VmHWM reset before the row (Linux), so a row's peak
+    includes what earlier rows left allocated (``rss_start_gib``); the first row's includes the setup.
 
     The path is the bundle's own, as configs/inference.yaml wires it.
     """
@@ -318,23 +356,38 @@ def volume(
         "path: bundle.transforms.ct.ct_volume_transforms -> volume to the device -> "
         "bundle.inferers.axial.AxialSliceInferer there (resampling and argmax on the device) -> SaveLabelNiftid"
     ]
-    notes.append("setup_s (build + ONNX export or cache hit + session, untimed otherwise): counted in peak RSS")
+    notes.append("setup_s (build + ONNX export or cache hit + session, untimed otherwise): counted in the first peak")
+    notes.append(
+        "modes: whole = official whole-slice resize; whole:P = one 224² grid of P mm; sliding:P = slice_window "
+        "sliding at P mm (0.5 overlap, windows over the body's box); rows alternate in one process"
+    )
     if on_cuda:
         notes.append(f"CUDA {dtype}: the inferer under torch.autocast (configs/inference.yaml --amp True)")
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    depth = _bundle_volume_inference(fast, image, tmp / "out", batch, device, amp)
-    wall = time.perf_counter() - t0
-    row = {"backend": backend, "dtype": dtype, "batch": batch, "slices": depth, "wall_s": wall}
-    row.update(
-        slices_per_s=depth / wall,
-        setup_s=setup_s,
-        peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    )
-    if device == "cuda":
-        row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    record = {"env": _environment(device, threads), "variant": variant, "rows": [row], "notes": notes}
-    _write(name or f"volume_{device}_{variant}_{backend}_{dtype}_b{batch}_bundle", record, _command())
+    rows, record_name = [], name or f"volume_{device}_{variant}_{backend}_{dtype}_b{batch}_bundle"
+    for r in range(int(rounds)):
+        for mode in _split(modes):
+            rss_start = _peak_rss_gib() if _reset_peak_rss() else float("nan")
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            depth = _bundle_volume_inference(fast, image, tmp / "out", batch, device, amp, mode)
+            wall = time.perf_counter() - t0
+            row = {"mode": mode, "round": r + 1, "backend": backend, "dtype": dtype, "batch": batch, "slices": depth}
+            row.update(
+                wall_s=wall,
+                slices_per_s=depth / wall,
+                setup_s=setup_s,
+                peak_rss_gib=_peak_rss_gib(),
+                rss_start_gib=rss_start,
+                load_1min=os.getloadavg()[0],
+            )
+            if on_cuda:
+                row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            record = {"env": _environment(device, threads), "variant": variant, "rows": rows, "notes": notes}
+            _write(record_name, record, _command(), final=False)  # a row at a time: a killed run keeps its rows
+    _write(record_name, record, _command())
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -6,8 +6,9 @@
 #
 # Steps, most telling first: the CUDA tests (pytest -m cuda); forward slices/s, eager fp32 / bf16 at batch 1, 32, 128;
 # 512x512x200 volume inference as configs/inference.yaml runs it on a GPU (volume, resampling and argmax on the device)
-# in fp32 and under bf16 autocast; end-to-end training slices/s through train#trainer with the batched and the monai
-# data path against the no-loading rate (bf16, channels_last, cudnn_benchmark); TensorRT (a line saying why not, where
+# in fp32 and under bf16 autocast, whole slices and sliding windows at 1.0 mm (slice_window sliding) alternated;
+# end-to-end training slices/s through train#trainer with the batched and the monai data path against the no-loading
+# rate (bf16, channels_last, cudnn_benchmark); TensorRT (a line saying why not, where
 # torch-tensorrt is not installed); torch.compile last: one graph (bf16, batch 32), with whatever time is left.
 #
 # Records land in $OUT (docs/benchmarks/gpu_check/ without it) the moment each step ends: gpu_check.log grows line by
@@ -68,9 +69,12 @@ step "CUDA tests (pytest -m cuda)" 100 "" \
 step "forward: eager fp32 / bf16, batch 1, 32, 128" 60 forward_cuda \
   $BENCH forward --device cuda --backends eager --dtypes fp32,bf16 --batches 1,32,128 --reps 10 --warmup 3 \
   --train False --name forward_cuda
+# whole slices (official) and sliding windows at 1.0 mm, alternated: 2 windows a slice (the synthetic body is
+# 280 x 210 mm, write_body_ct)
 for dt in fp32 bf16; do
-  step "volume 512x512x200 as inference.yaml on the GPU, $dt" 60 "volume_cuda_$dt" \
-    $BENCH volume --device cuda --backend auto --dtype $dt --batch 16 --slices 200 --name "volume_cuda_$dt"
+  step "volume 512x512x200 as inference.yaml on the GPU, $dt: whole slices, sliding windows at 1 mm" 75 \
+    "volume_cuda_$dt" $BENCH volume --device cuda --backend auto --dtype $dt --batch 16 --slices 200 \
+    --modes whole,sliding:1.0 --name "volume_cuda_$dt"
 done
 step "training: data path alone, end to end (batched, monai) vs no loading" 140 training_cuda \
   $BENCH training --device cuda --backends batched,monai --batch 20 --iterations 30 --warmup 8 --cases 2 \

@@ -4,8 +4,15 @@ Usage (bundle root): ``python scripts/benchmarks/inference_200_cpu.py OUT prepar
 a random MSA2Net ``paper`` checkpoint, fills the ONNX export cache), then once per setting, each in a fresh
 process: ``python scripts/benchmarks/inference_200_cpu.py OUT auto 8``. Prints wall time (config parsed → mask
 written) and peak RSS as one JSON line.
+
+Slice windowing (issue 25): ``python scripts/benchmarks/inference_200_cpu.py OUT auto 8 whole,sliding:1.0 2`` runs
+the listed modes alternately, twice each, in one process (a shared machine's load hits both alike): ``whole`` (the
+checkpoint's geometry: the official whole-slice resize), ``whole:<mm>`` (one 224² grid of <mm> pixels) or
+``sliding:<mm>`` (``--slice_window sliding --pixel_size <mm>``). Peak RSS per run is the process's VmHWM reset before
+it (Linux), printed with the RSS the run started from (what earlier runs left allocated).
 """
 
+import gc
 import json
 import os
 import resource
@@ -36,34 +43,64 @@ if mode == "prepare":
     sys.exit(0)
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-bs = int(sys.argv[3])
-wf = ConfigWorkflow(
-    config_file=f"{ROOT}/configs/inference.yaml",
-    meta_file=f"{ROOT}/configs/metadata.json",
-    logging_file=False,
-    workflow_type="infer",
-    bundle_root=ROOT,
-    input=os.path.join(out, "vol200.nii.gz"),
-    output_dir=os.path.join(out, f"pred{bs}"),
-    ckpt_path=os.path.join(out, "random_paper.pt"),
-    num_workers=0,
-    show_progress=False,
-    sw_batch_size=bs,
-    overwrite=True,
-    backend=mode,
-)
-t0 = time.time()
-wf.initialize()
-wf.run()
-wall = time.time() - t0
-print(
-    json.dumps(
-        {
-            "backend": mode,
-            "sw_batch_size": bs,
-            "wall_s": round(wall, 1),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-            "load": os.getloadavg(),
-        }
+
+def peak_rss_gib() -> float:
+    """The process's peak RSS since the last reset_peak_rss() (VmHWM), else since the start (ru_maxrss)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # Linux: VmHWM := the current RSS
+            f.write("5")
+    except OSError:
+        pass
+
+
+def segment(bs: int, mode: str) -> dict:
+    """One run of configs/inference.yaml; ``mode``: whole (the checkpoint's: official), whole:<mm>, sliding:<mm>."""
+    window, _, size = mode.partition(":")
+    geometry = dict(slice_window=window, pixel_size=float(size)) if size else {}
+    wf = ConfigWorkflow(
+        config_file=f"{ROOT}/configs/inference.yaml",
+        meta_file=f"{ROOT}/configs/metadata.json",
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=ROOT,
+        input=os.path.join(out, "vol200.nii.gz"),
+        output_dir=os.path.join(out, f"pred{bs}_{window}"),
+        ckpt_path=os.path.join(out, "random_paper.pt"),
+        num_workers=0,
+        show_progress=False,
+        sw_batch_size=bs,
+        overwrite=True,
+        backend=backend,
+        **geometry,
     )
-)
+    reset_peak_rss()
+    start_rss = peak_rss_gib()
+    t0 = time.time()
+    wf.initialize()
+    wf.run()
+    wall = time.time() - t0
+    wf.finalize()
+    return {
+        "backend": backend,
+        "sw_batch_size": bs,
+        "mode": mode,
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(peak_rss_gib(), 3),
+        "rss_start_gib": round(start_rss, 3),
+        "load": os.getloadavg(),
+    }
+
+
+backend, bs = mode, int(sys.argv[3])
+modes = sys.argv[4].split(",") if len(sys.argv) > 4 else ["whole"]
+for _ in range(int(sys.argv[5]) if len(sys.argv) > 5 else 1):
+    for m in modes:
+        print(json.dumps(segment(bs, m)), flush=True)
+        gc.collect()

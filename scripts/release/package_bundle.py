@@ -68,7 +68,12 @@ def ts_geometry(ts: Path) -> Geometry:
     files = {"metadata.json": ""}
     torch.jit.load(str(ts), map_location="cpu", _extra_files=files)
     image = json.loads(files["metadata.json"] or "{}").get("network_data_format", {}).get("inputs", {}).get("image", {})
-    return Geometry(image.get("axcodes", "PLS"), image.get("pixel_size_mm"), bool(image.get("crop_body", False)))
+    return Geometry(
+        image.get("axcodes", "PLS"),
+        image.get("pixel_size_mm"),
+        bool(image.get("crop_body", False)),
+        image.get("slice_window", "whole"),
+    )
 
 
 def _json_configs() -> dict:

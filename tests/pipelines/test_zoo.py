@@ -218,8 +218,8 @@ def test_export_states_the_checkpoint_geometry_and_packaging_refuses_a_ts_that_d
     proc = subprocess.run([*package, "--ts", str(zoo_ts)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert re.search(
-        r"zoo.ts states axcodes PLS, whole-slice resize, crop_body False but the weights .* were trained "
-        r"with axcodes PLS, pixel_size 3 mm, crop_body True: re-export it with",
+        r"zoo.ts states axcodes PLS, whole-slice resize, crop_body False, slice_window whole but the weights .* were "
+        r"trained with axcodes PLS, pixel_size 3 mm, crop_body True, slice_window whole: re-export it with",
         proc.stderr,
     ), proc.stderr
     assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())

@@ -360,6 +360,26 @@ def test_crop_body_is_saved_applied_and_refused_like_the_other_settings(tmp_path
     assert Geometry("PLS", None, "True").crop_body is True  # the CLI's string
 
 
+def test_slice_window_is_saved_applied_and_refused_like_the_other_settings(tmp_path):
+    made = _checkpoint(tmp_path / "sliding.pt", Geometry("PLS", 1.0, False, "sliding"))
+    assert checkpoint_geometry(made) == Geometry("PLS", 1.0, False, "sliding")
+    assert torch.load(made, weights_only=True)["geometry"]["slice_window"] == "sliding"
+    # official weights and checkpoints made before the setting existed: whole slices
+    assert checkpoint_geometry(_checkpoint(tmp_path / "bare.pt")).slice_window == "whole"
+    older = tmp_path / "older.pt"
+    torch.save({"model": QuadrantNet().state_dict(), "geometry": {"axcodes": "PLS", "pixel_size": 1.0}}, older)
+    assert checkpoint_geometry(str(older)) == Geometry("PLS", 1.0, False, "whole")
+    with pytest.raises(InputError, match=r"slice_window sliding.*--slice_window sliding"):
+        checkpoint_geometry(made, slice_window="whole")
+    with pytest.raises(InputError, match=r"resume with .*--slice_window sliding"):
+        Geometry("PLS", 1.0).load_state_dict(Geometry("PLS", 1.0, False, "sliding").state_dict())
+    with pytest.raises(InputError, match=r"slice_window 'tiles' is not whole or sliding"):
+        Geometry("PLS", 1.0, False, "tiles")
+    with pytest.raises(InputError, match=r"physical pixel size: give it one, e.g. --pixel_size 1.0"):
+        Geometry("PLS", None, False, "sliding")
+    assert Geometry("PLS", 1.0, False, "Sliding").slice_window == "sliding"  # the CLI's string, any case
+
+
 def test_body_mask_keeps_every_slice_and_drops_what_is_apart_from_the_trunk():
     x = torch.zeros(1, 40, 50, 4)
     x[0, 5:30, 10:40, 1:3] = 0.3  # the trunk, on two slices only
@@ -397,5 +417,11 @@ def test_metadata_states_the_geometry_of_the_weights():
     assert demo["image_classes"].endswith(
         "each volume cropped in-plane to the patient's body first (crop_body), axial slices sampled at 3 mm pixels "
         "onto 224x224, centred (pixel_size: 3)"
+    )
+    assert image["slice_window"] == "whole"
+    sliding = metadata_with_geometry(meta, Geometry("PLS", 1.0, True, "sliding"))
+    assert sliding["network_data_format"]["inputs"]["image"]["slice_window"] == "sliding"
+    assert sliding["image_classes"].endswith(
+        "(crop_body), axial slices sampled whole at 1 mm pixels, overlapping 224x224 windows (pixel_size: 1)"
     )
     assert meta["network_data_format"]["inputs"]["image"]["pixel_size_mm"] is None  # the input is not changed
