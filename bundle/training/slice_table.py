@@ -102,7 +102,9 @@ class SliceTable:
             cases.append(torch.full((img.shape[0],), case, dtype=torch.int32))
             extents.append(torch.tensor([grid], dtype=torch.int32).expand(img.shape[0], 2))
         if not images:
-            raise ValueError("SliceTable: the training datalist holds no slice.")
+            raise InputError(
+                "the training datalist holds no slice: give --datalist a 'training' section that lists volumes."
+            )
         self.image, self.label, self.case = (self._place(_stack_padded(t)) for t in (images, labels, cases))
         # sliding: each row's grid size (its slice fills [:rows, :columns] of the padded row); whole: None
         self.extent = self._place(torch.cat(extents)) if self.slice_window == "sliding" else None
@@ -179,10 +181,13 @@ class SliceBatches:
         drop_last: bool = False,
         foreground_fraction: float = 1.0 / 3.0,
     ) -> None:
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"SliceBatches: need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}."
+        if batch_size < 1:  # also batch_size // world_size under torchrun
+            raise InputError(
+                f"--batch_size gives each process {batch_size} slices: pass at least 1 (with torchrun, at least the "
+                f"number of processes, {world_size})."
             )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"SliceBatches: need 0 ≤ rank < world_size, got {rank}, {world_size}.")
         self.table, self.batch_size, self.seed = table, int(batch_size), int(seed)
         self.slices_per_epoch = int(slices_per_epoch) if slices_per_epoch and int(slices_per_epoch) > 0 else len(table)
         self.device = torch.device(device) if device is not None else table.image.device

@@ -9,6 +9,7 @@ from conftest import ROOT
 from monai.bundle import ConfigWorkflow
 
 from bundle.data.synthetic import write_synthetic_case
+from bundle.errors import InputError
 from bundle.training.slice_table import SliceBatches, SliceTable
 from bundle.transforms.ct import NetworkGridd, ct_volume_transforms
 
@@ -45,6 +46,18 @@ def test_table_with_a_physical_pixel_size(cases):
     one = NetworkGridd(size=64, pixel_size=1.0)({"image": vol["image"][..., 2], "label": vol["label"][..., 2]})
     np.testing.assert_allclose(table.image[2, 0].float(), one["image"][0], atol=1e-3)
     assert torch.equal(table.label[2], torch.as_tensor(one["label"][0]).to(torch.uint8))
+
+
+def test_options_a_user_sets_are_refused_in_one_line(cases):
+    """An empty training list and a batch too small for the processes are the user's to fix: InputError naming the
+    option (printed as one line), not a ValueError traceback."""
+    with pytest.raises(InputError, match="holds no slice"):
+        SliceTable([], ct_volume_transforms(), size=64)
+    table = SliceTable(cases[:1], ct_volume_transforms(), size=64)
+    with pytest.raises(
+        InputError, match=r"--batch_size gives each process 0 slices.*at least the number of processes, 4"
+    ):
+        SliceBatches(table, batch_size=0, seed=0, world_size=4)
 
 
 def test_epochs_cover_every_slice_once_and_depend_only_on_seed_and_epoch(cases):
