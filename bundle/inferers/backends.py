@@ -336,7 +336,10 @@ def optimize_for_inference(
         img_size = img_size or getattr(net, "img_size", 224)
         try:
             onnx_path = cached_onnx(net, in_channels, img_size, cache_dir)
-            return OpenVinoInference(onnx_path, OPENVINO_BACKENDS[backend], calibration, num_threads=num_threads)
+            fast = OpenVinoInference(onnx_path, OPENVINO_BACKENDS[backend], calibration, num_threads=num_threads)
+            for old in evict_cache(onnx_path.parent, cache_limit(), "msa2net_*_int8_*.xml"):  # INT8 models alike
+                old.with_suffix(".bin").unlink(missing_ok=True)
+            return fast
         except Exception as err:
             if not auto:
                 raise

@@ -160,7 +160,9 @@ class OpenVinoInference(nn.Module):
                     "(files or DICOM folders; e.g. the demo's demo_data/imagesTr/demo_train.nii.gz)."
                 )
             path = onnx_path.with_name(f"{onnx_path.stem}_int8_{_calibration_key(calibration)}.xml")
-            if not path.is_file():
+            if path.is_file():
+                os.utime(path)  # most recently used: evicted last (bundle.inferers.backends.evict_cache)
+            else:
                 logger.info("Quantizing the network to INT8 on %d calibration slices: %s", len(calibration), path)
                 quantize_int8(onnx_path, calibration, path)
         self.core = ov.Core()
