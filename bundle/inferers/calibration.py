@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bundle.errors import InputError
+from bundle.io.volume import list_volumes
 
 DEFAULT_MAX_SLICES = 64
 
@@ -63,8 +64,6 @@ class CalibrationSlices:
     def __call__(self, inferer: Any) -> torch.Tensor:
         if not self.paths:
             raise InputError("no CT volumes to calibrate on: pass --calibration with CT files or DICOM series folders.")
-        from bundle.io.volume import list_volumes
-
         items = list_volumes(input=self.paths, overwrite=True)
         volumes = [self.transform(dict(item))["image"] for item in items]  # (C, H, W, D) each, meta kept
         depths = [int(v.shape[-1]) for v in volumes]
