@@ -41,7 +41,9 @@ from bundle.data.synapse import remap_labels  # noqa: E402
 from bundle.data.synthetic import write_body_ct, write_synthetic_case  # noqa: E402
 from bundle.errors import run_script  # noqa: E402
 from bundle.inferers.axial import AxialSliceInferer  # noqa: E402
-from bundle.inferers.backends import cpu_supports_bf16, optimize_for_inference  # noqa: E402
+from bundle.inferers.backends import cached_onnx, cpu_supports_bf16, optimize_for_inference  # noqa: E402
+from bundle.inferers.calibration import CalibrationSlices  # noqa: E402
+from bundle.inferers.openvino import OpenVinoInference, quantize_int8  # noqa: E402
 from bundle.io.volume import SaveLabelNiftid  # noqa: E402
 from bundle.networks import MSA2Net  # noqa: E402
 from bundle.networks.convert_msa2net import convert_official_state_dict  # noqa: E402
@@ -976,7 +978,7 @@ def organ_dice(
             wall = time.perf_counter() - t0
             pred = load_canonical(str(pred_path))
             if scan == "dicom":
-                scores = dicom_dice(str(pred_path), label)
+                scores, _ = dicom_dice(str(pred_path), label)  # every organ the reference holds
             else:
                 scores = dice_per_organ(pred, load_canonical(label))
             preds.setdefault(scan, {})[backend] = pred
@@ -1070,9 +1072,6 @@ def int8_recipes(
     organ in either), and time per slice alternately with ONNX Runtime fp32, OpenVINO fp32 and bf16.
     """
     import onnxruntime as ort
-
-    from bundle.inferers.backends import cached_onnx
-    from bundle.inferers.openvino import OpenVinoInference, quantize_int8
 
     _setup(threads, "cpu")
     net = _build(variant)
@@ -1268,8 +1267,6 @@ def _network_slices(paths: str, ckpt: str) -> torch.Tensor:
     """Every slice of the volumes ``paths`` (comma-separated) as ``configs/inference.yaml`` feeds the network for
     ``ckpt`` (its geometry: orientation, body crop, pixel size), through :class:`CalibrationSlices`."""
     from monai.bundle import ConfigParser
-
-    from bundle.inferers.calibration import CalibrationSlices
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "inference.yaml"))

@@ -88,8 +88,7 @@ def test_openvino_fp32_matches_eager_any_batch(tmp_path):
 
 
 @pytest.mark.skipif(
-    not ov_backend.cpu_has_native_bf16(),
-    reason="this CPU has no native bf16 (the backend refuses it: tested below)",
+    not ov_backend.cpu_has_native_bf16(), reason="this CPU has no native bf16 (the backend refuses it: tested below)"
 )
 def test_openvino_bf16_close_to_eager(tmp_path):
     net = _net()
