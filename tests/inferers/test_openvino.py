@@ -19,14 +19,16 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TinySegNet
 
 from bundle.errors import InputError, root_input_error
 from bundle.inferers import openvino as ov_backend
 from bundle.inferers.axial import AxialSliceInferer
 from bundle.inferers.backends import optimize_for_inference
 
-pytest.importorskip("openvino")
+# the optional extra (pyproject.toml [openvino]); the refusal and configuration tests below run without it
+needs_openvino = pytest.mark.skipif(bool(ov_backend.openvino_missing("openvino")), reason="openvino not installed")
+needs_nncf = pytest.mark.skipif(bool(ov_backend.openvino_missing("openvino_int8")), reason="openvino/nncf missing")
 
 IMG = 32
 FP32_ATOL = 1e-4
@@ -74,6 +76,7 @@ def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+@needs_openvino
 def test_openvino_fp32_matches_eager_any_batch(tmp_path):
     net = _net()
     fast = optimize_for_inference(net, backend="openvino", cache_dir=tmp_path)
@@ -88,7 +91,8 @@ def test_openvino_fp32_matches_eager_any_batch(tmp_path):
 
 
 @pytest.mark.skipif(
-    not ov_backend.cpu_has_native_bf16(), reason="this CPU has no native bf16 (the backend refuses it: tested below)"
+    bool(ov_backend.openvino_missing("openvino")) or not ov_backend.cpu_has_native_bf16(),
+    reason="openvino missing, or this CPU has no native bf16 (the backend refuses it: tested below)",
 )
 def test_openvino_bf16_close_to_eager(tmp_path):
     net = _net()
@@ -100,14 +104,15 @@ def test_openvino_bf16_close_to_eager(tmp_path):
 
 
 def test_openvino_bf16_refused_without_native_bf16(monkeypatch, tmp_path):
+    monkeypatch.setattr(ov_backend, "openvino_missing", lambda backend: [])  # refused for the CPU, not the package
     monkeypatch.setattr(ov_backend, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(InputError, match="native bf16") as err:
         optimize_for_inference(_net(), backend="openvino_bf16", cache_dir=tmp_path)
     assert "\n" not in str(err.value)
 
 
+@needs_nncf
 def test_openvino_int8_agreement_and_cache_by_content(tmp_path, monkeypatch):
-    pytest.importorskip("nncf")
     calls = []
     real = ov_backend.quantize_int8
     monkeypatch.setattr(ov_backend, "quantize_int8", lambda *a: calls.append(a[2]) or real(*a))
@@ -137,8 +142,8 @@ def test_openvino_int8_agreement_and_cache_by_content(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # written atomically
 
 
+@needs_nncf
 def test_int8_without_calibration_is_refused(tmp_path):
-    pytest.importorskip("nncf")
     with pytest.raises(InputError, match="calibrate") as err:
         optimize_for_inference(_net(), backend="openvino_int8", cache_dir=tmp_path)
     assert "\n" not in str(err.value)
@@ -157,7 +162,7 @@ def test_missing_package_is_one_line(backend, missing, monkeypatch, tmp_path):
         with pytest.raises(InputError) as err:
             build()
         message = str(err.value)
-        assert "\n" not in message and f"needs {missing}" in message and "pip install" in message
+        assert "\n" not in message and "needs" in message and missing in message and "pip install" in message
     assert not list(tmp_path.iterdir())  # refused before any export
 
 
@@ -166,12 +171,13 @@ def test_auto_resolution(monkeypatch, tmp_path):
     CUDA or in another dtype; a failing OpenVINO build under ``auto`` falls back to ONNX Runtime."""
     import bundle.inferers.backends as backends
 
-    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    for module in (backends, ov_backend):  # an installed OpenVINO on a CPU with native bf16, wherever asked
+        monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)
+        monkeypatch.setattr(module, "openvino_missing", lambda backend: [])
     assert backends.resolve_backend("auto", "cpu") == "openvino_bf16"
     assert backends.resolve_backend("auto", "cuda:0") == "eager"
     assert backends.resolve_backend("auto", "cpu", torch.bfloat16) == "eager"
     assert backends.resolve_backend("openvino", "cpu") == "openvino"
-    monkeypatch.setattr(ov_backend, "cpu_has_native_bf16", lambda: True)  # the backend's own check reads it too
     built = []
     monkeypatch.setattr(backends, "OpenVinoInference", lambda path, precision, *a, **k: built.append(precision) or 7)
     assert optimize_for_inference(_net(), backend="auto", cache_dir=tmp_path) == 7 and built == ["bf16"]
@@ -182,7 +188,7 @@ def test_auto_resolution(monkeypatch, tmp_path):
     monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
     assert backends.resolve_backend("auto", "cpu") == "onnx"
     monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(backends, "openvino_missing", lambda backend: ["openvino"])
+    monkeypatch.setattr(backends, "openvino_missing", lambda backend: ["openvino"])  # the extra not installed
     assert backends.resolve_backend("auto", torch.device("cpu")) == "onnx"
 
 
@@ -190,8 +196,6 @@ def _inference_workflow(tmp_path, src, **override):
     from monai.bundle import ConfigWorkflow
 
     torch.manual_seed(0)
-    from conftest import TinySegNet
-
     torch.save(TinySegNet().state_dict(), tmp_path / "tiny.pt")
     return ConfigWorkflow(
         config_file=os.path.join(ROOT, "configs", "inference.yaml"),
@@ -221,8 +225,8 @@ def test_config_refuses_unknown_backend(backend, ct_dataset, tmp_path):
     assert message.startswith("backend must be one of") and "openvino_int8" in message and "\n" not in message
 
 
+@needs_nncf
 def test_config_int8_refused_without_calibration_volumes(ct_dataset, tmp_path):
-    pytest.importorskip("nncf")
     wf = _inference_workflow(tmp_path, ct_dataset / "images" / "vol0.nii.gz", backend="openvino_int8")
     wf.initialize()
     with pytest.raises(Exception) as err:
@@ -236,10 +240,10 @@ def test_config_int8_refused_without_calibration_volumes(ct_dataset, tmp_path):
     assert root_input_error(err.value) == "calibration_slices must be ≥ 1, got 0."
 
 
+@needs_nncf
 def test_config_runs_openvino_int8_and_reuses_the_calibration(ct_dataset, tmp_path, monkeypatch):
     """configs/inference.yaml with ``backend: openvino_int8``: calibrated on the given volume's slices as the
     inferer prepares them, labels written; a second run finds the quantized model in the cache."""
-    pytest.importorskip("nncf")
     monkeypatch.setenv("MSA2NET_ONNX_CACHE", str(tmp_path / "cache"))
     calls = []
     real = ov_backend.quantize_int8
