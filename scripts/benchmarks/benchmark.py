@@ -968,13 +968,13 @@ def organ_dice(
         "dicom": (str(data_dir / "raw" / "example_ct_dicom"), str(data_dir / "raw" / "example_seg_dicom.nii.gz")),
     }
     tmp = Path(tempfile.mkdtemp(prefix="msa2net_dice_"))
-    calibration = str(ROOT / calibration) if calibration else ""
+    calibration_path = str(ROOT / calibration) if calibration else ""
     preds: Dict[str, Dict[str, np.ndarray]] = {}
     rows = []
     for backend in _split(backends):
         for scan, (image, label) in scans.items():
             t0 = time.perf_counter()
-            pred_path = _infer_config(backend, image, tmp / backend / scan, str(ROOT / ckpt), calibration, threads)
+            pred_path = _infer_config(backend, image, tmp / backend / scan, str(ROOT / ckpt), calibration_path, threads)
             wall = time.perf_counter() - t0
             pred = load_canonical(str(pred_path))
             if scan == "dicom":
