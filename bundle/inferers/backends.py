@@ -65,7 +65,7 @@ def resolve_backend(backend: str, device: Union[str, torch.device] = "cpu", dtyp
     """The backend ``backend`` stands for on this machine (``provenance.json`` records it).
 
     ``"auto"`` on CPU in fp32: ``"openvino_bf16"`` where OpenVINO is installed and the CPU computes bf16 natively
-    (AVX512-BF16 or AMX: its per-organ Dice stayed within 0.005 of fp32 on the demo's two scans, 0.57× ONNX
+    (AVX512-BF16 or AMX: its per-organ Dice stayed within 0.005 of fp32 on the demo's two scans, 0.50× ONNX
     Runtime's time; ``docs/performance.md``), else ``"onnx"`` where onnxruntime is installed, else ``"eager"``;
     on CUDA or in another dtype ``"eager"``. Any other name comes back unchanged.
     """
