@@ -143,6 +143,22 @@ def test_openvino_int8_agreement_and_cache_by_content(tmp_path, monkeypatch):
 
 
 @needs_nncf
+def test_int8_models_follow_the_cache_limit(tmp_path, monkeypatch):
+    """MSA2NET_ONNX_CACHE_FILES bounds the INT8 models as it bounds the exports: the most recently used stay, each
+    evicted .xml takes its .bin along."""
+    monkeypatch.setenv("MSA2NET_ONNX_CACHE_FILES", "1")
+    calib = _slices(8, seed=10)
+    first = optimize_for_inference(_net(), backend="openvino_int8", cache_dir=tmp_path, calibration=calib)
+    os.utime(first.model_path, (1, 1))  # used long ago (mtime resolution of the file system does not matter)
+    second = optimize_for_inference(_net(), backend="openvino_int8", cache_dir=tmp_path, calibration=calib[:4])
+    assert first.model_path != second.model_path and not first.model_path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".xml", ".bin")) == [
+        second.model_path.with_suffix(".bin").name,
+        second.model_path.name,
+    ]
+
+
+@needs_nncf
 def test_int8_without_calibration_is_refused(tmp_path):
     with pytest.raises(InputError, match="calibrate") as err:
         optimize_for_inference(_net(), backend="openvino_int8", cache_dir=tmp_path)
