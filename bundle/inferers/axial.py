@@ -31,7 +31,7 @@ from monai.utils import convert_to_dst_type
 from scipy.ndimage import zoom
 
 from bundle.errors import InputError
-from bundle.inferers.backends import BACKENDS, optimize_for_inference
+from bundle.inferers.backends import BACKENDS, CALIBRATED_BACKENDS, check_backend_available, optimize_for_inference
 from bundle.inferers.sliding import SliceWindows, body_box
 from bundle.transforms.geometry import body_mask, check_pixel_size, check_slice_window, inplane_spacing, to_network_grid
 
@@ -70,6 +70,9 @@ class AxialSliceInferer(Inferer):
         window_overlap: ``sliding``: the fraction of a window shared with its neighbour (0.5: nnU-Net's step).
         skip_outside_body: ``sliding``: window only the bounding box of the patient's body
             (:func:`bundle.inferers.sliding.body_box`), the rest of the slice is background.
+        calibration: for INT8 backends (``"openvino_int8"``): a callable taking this inferer and returning
+            network-ready real CT slices (:class:`bundle.inferers.calibration.CalibrationSlices`); called once, at the
+            first wrapping, and never for other backends.
 
     With one network and no TTA the argmax is taken on the raw logits (bit-identical to earlier releases);
     otherwise on ``log(mean softmax)``, whose argmax is that of the averaged probabilities.
@@ -90,6 +93,7 @@ class AxialSliceInferer(Inferer):
         slice_window: str = "whole",
         window_overlap: float = 0.5,
         skip_outside_body: bool = True,
+        calibration: Optional[Callable[["AxialSliceInferer"], torch.Tensor]] = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
@@ -105,7 +109,15 @@ class AxialSliceInferer(Inferer):
                 f"backend must be one of {BACKENDS}, got {backend!r}; set `backend` in "
                 "configs/inference.yaml (or --backend on the command line)."
             )
+        check_backend_available(backend)
+        if backend in CALIBRATED_BACKENDS and not calibration:
+            raise InputError(
+                f"backend {backend} needs real CT volumes to calibrate on: pass --calibration with CT files or DICOM "
+                "series folders (e.g. the demo's demo_data/imagesTr/demo_train.nii.gz), or pick another backend."
+            )
         self.backend = backend
+        self.calibration = calibration
+        self._slices: Optional[torch.Tensor] = None  # the calibration's slices, once asked for
         self._accelerated: Dict[int, tuple] = {}
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_batch_size = int(sw_batch_size)
@@ -153,9 +165,22 @@ class AxialSliceInferer(Inferer):
         if self.backend == "eager" or not isinstance(net, torch.nn.Module):
             return net
         if id(net) not in self._accelerated:  # the network is kept beside its wrapper so its id stays unique
-
-            self._accelerated[id(net)] = (net, optimize_for_inference(net, backend=self.backend))
+            if self.backend in CALIBRATED_BACKENDS and self.calibration is not None and self._slices is None:
+                self._slices = self.calibration(self)  # once per inferer: an ensemble's members share the slices
+            self._accelerated[id(net)] = (net, optimize_for_inference(net, self.backend, calibration=self._slices))
         return self._accelerated[id(net)][1]
+
+    def network_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W, D) volumes → every slice as the network sees it (B·D, C, h, w), on the CPU (calibration)."""
+        b, c, h, w, d = inputs.shape
+        spacings = self._spacings(inputs, b)
+        x = torch.as_tensor(inputs).permute(0, 4, 1, 2, 3).reshape(-1, c, h, w).float()
+        spacing = None if spacings is None else spacings.repeat_interleave(d, dim=0)
+        chunks = []
+        for i in range(0, len(x), self.sw_batch_size):
+            part = None if spacing is None else spacing[i : i + self.sw_batch_size]
+            chunks.append(self._to_roi(x[i : i + self.sw_batch_size], torch.device("cpu"), part))
+        return torch.cat(chunks)
 
     def _to_roi(self, x: torch.Tensor, device: torch.device, spacing: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked).

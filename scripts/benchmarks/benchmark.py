@@ -41,7 +41,9 @@ from bundle.data.synapse import remap_labels  # noqa: E402
 from bundle.data.synthetic import write_body_ct, write_synthetic_case  # noqa: E402
 from bundle.errors import run_script  # noqa: E402
 from bundle.inferers.axial import AxialSliceInferer  # noqa: E402
-from bundle.inferers.backends import cpu_supports_bf16, optimize_for_inference  # noqa: E402
+from bundle.inferers.backends import cached_onnx, cpu_supports_bf16, optimize_for_inference  # noqa: E402
+from bundle.inferers.calibration import CalibrationSlices  # noqa: E402
+from bundle.inferers.openvino import OpenVinoInference, quantize_int8  # noqa: E402
 from bundle.io.volume import SaveLabelNiftid  # noqa: E402
 from bundle.networks import MSA2Net  # noqa: E402
 from bundle.networks.convert_msa2net import convert_official_state_dict  # noqa: E402
@@ -913,7 +915,251 @@ def tensorrt(
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------------- organ Dice
+def _infer_config(backend: str, image: str, out_dir: Path, ckpt: str, calibration: str, threads: int) -> Path:
+    """One ``configs/inference.yaml`` run of ``backend`` on ``image``; returns the written label map."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "inference.yaml"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(ROOT),
+        input=image,
+        output_dir=str(out_dir),
+        ckpt_path=ckpt,
+        num_workers=0,
+        show_progress=False,
+        overwrite=True,
+        backend=backend,
+        calibration=[calibration] if calibration else [],
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    name = Path(image.rstrip("/")).name.replace(".nii.gz", "")
+    return out_dir / f"{name}_seg.nii.gz"
+
+
+def organ_dice(
+    backends: str = "eager,onnx,openvino,openvino_bf16,openvino_int8",
+    ckpt: str = "runs/demo/model.pt",
+    data: str = "demo_data",
+    calibration: str = "demo_data/imagesTr/demo_train.nii.gz",
+    threads: int = 2,
+    name: str = "organ_dice_cpu_demo",
+) -> None:
+    """Per-organ Dice of each backend on the demo's two real scans, through ``configs/inference.yaml``.
+
+    Scans: the held-out slices (``imagesTs``, 13 slices at 3 mm, scored against ``labelsTs``) and the unseen DICOM
+    series (20 slices of 512², scored in world space against ``raw/example_seg_dicom.nii.gz`` on the organs it
+    holds, as ``scripts/demo/run_demo.py`` does). Each row: a backend's Dice per organ, its change against
+    ``eager`` (fp32, the reference; first in ``backends``), and the share of voxels, and of voxels labelled as an
+    organ by either, whose label equals eager's. INT8 backends calibrate on ``calibration`` (not a scored scan).
+    """
+    sys.path.insert(0, str(ROOT / "scripts" / "demo"))
+    from run_demo import DICOM_ORGANS, dice_per_organ, dicom_dice, load_canonical  # the demo's own scoring
+
+    _setup(threads, "cpu")
+    data_dir = ROOT / data
+    scans = {
+        "held_out": (str(data_dir / "imagesTs" / "demo_test.nii.gz"), str(data_dir / "labelsTs" / "demo_test.nii.gz")),
+        "dicom": (str(data_dir / "raw" / "example_ct_dicom"), str(data_dir / "raw" / "example_seg_dicom.nii.gz")),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_dice_"))
+    calibration_path = str(ROOT / calibration) if calibration else ""
+    preds: Dict[str, Dict[str, np.ndarray]] = {}
+    rows = []
+    for backend in _split(backends):
+        for scan, (image, label) in scans.items():
+            t0 = time.perf_counter()
+            pred_path = _infer_config(backend, image, tmp / backend / scan, str(ROOT / ckpt), calibration_path, threads)
+            wall = time.perf_counter() - t0
+            pred = load_canonical(str(pred_path))
+            if scan == "dicom":
+                scores, _ = dicom_dice(str(pred_path), label)  # every organ the reference holds
+            else:
+                scores = dice_per_organ(pred, load_canonical(label))
+            preds.setdefault(scan, {})[backend] = pred
+            ref = preds[scan][_split(backends)[0]]
+            organs = (ref > 0) | (pred > 0)
+            row = {"backend": backend, "scan": scan, "wall_s_incl_setup": wall}
+            row.update({f"dice_{k}": v for k, v in scores.items()})
+            row["mean_dice"] = float(np.nanmean(list(scores.values())))
+            base = next(r for r in rows + [row] if r["scan"] == scan and r["backend"] == _split(backends)[0])
+            deltas = {k: row[f"dice_{k}"] - base[f"dice_{k}"] for k in scores}
+            row.update({f"delta_{k}": v for k, v in deltas.items()})
+            row["max_abs_delta"] = float(np.nanmax(np.abs(list(deltas.values()))))
+            row["label_agreement"] = float((pred == ref).mean())
+            row["organ_label_agreement"] = float((pred == ref)[organs].mean()) if organs.any() else 1.0
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    notes = [
+        "Dice against the demo's reference labels (TotalSegmentator model outputs, not manual); deltas against the "
+        f"first backend ({_split(backends)[0]}); DICOM series: the organs it holds ({', '.join(DICOM_ORGANS)}).",
+        f"INT8 calibration: {calibration or 'none'} (the demo's training CT: no scored slice), slices prepared by the "
+        "run's own preprocessing and slice mapping (bundle.inferers.calibration).",
+        "wall_s_incl_setup: one process, shared cores; includes network build, export/calibration cache look-up and "
+        "compilation: not a speed figure (see side_by_side and inference_200_cpu).",
+    ]
+    record = {"env": _environment("cpu", threads), "ckpt": ckpt, "rows": rows, "notes": notes}
+    _write(name, record, _command())
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- INT8 recipes
+# which operations stay fp32 (regular expressions of the ONNX node names of bundle.networks.MSA2Net)
+INT8_RECIPES = {
+    "all": (),
+    "se_fp32": (r"^/encoder/.*/conv/se/.*",),  # the openvino_int8 backend's recipe (bundle.inferers.openvino)
+    "stage0_fp32": (r"^/encoder/stem/.*", r"^/encoder/stages\.0/.*"),
+    "encoder_convs_fp32": (r"^/encoder/.*/conv/.*", r"^/encoder/stem/.*"),
+    "encoder_fp32": (r"^/encoder/.*",),
+    "decoder_fp32": (r"^/stages\..*", r"^/bottleneck_up/.*", r"^/head/.*"),
+}
+
+
+def _ort_int8(onnx_path: Path, calibration: torch.Tensor, dest: Path) -> Path:
+    """ONNX Runtime static QDQ quantization: per-channel int8 weights, uint8 activations (MinMax over the
+    calibration slices), convolutions and matrix products; the rest fp32."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": s[None].numpy()} for s in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = dest.with_suffix(".pre.onnx")
+    quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["Conv", "MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"CalibMaxIntermediateOutputs": 4})  # fmt: skip
+    pre.unlink()
+    return dest
+
+
+def int8_recipes(
+    ckpt: str = "runs/demo/model.pt",
+    inputs: str = "demo_data/imagesTs/demo_test.nii.gz,demo_data/raw/example_ct_dicom",
+    calibration: str = "demo_data/imagesTr/demo_train.nii.gz",
+    recipes: str = ",".join(INT8_RECIPES),
+    onnx_int8: bool = True,
+    variant: str = "paper",
+    threads: int = 2,
+    batch: int = 8,
+    rounds: int = 6,
+    name: str = "int8_recipes_cpu_demo",
+) -> None:
+    """INT8 post-training quantization recipes of a trained checkpoint, side by side with fp32 and bf16.
+
+    Each recipe of :data:`INT8_RECIPES` is an NNCF quantization (transformer preset) of the fp32 ONNX export with
+    some operations left fp32; ``onnx_int8`` adds ONNX Runtime's static QDQ quantization. All calibrate on the
+    slices of ``calibration`` and are scored on the slices of ``inputs`` (both prepared as configs/inference.yaml
+    prepares them for ``ckpt``) at 224²: argmax agreement with eager fp32 on all pixels and on organ pixels (an
+    organ in either), and time per slice alternately with ONNX Runtime fp32, OpenVINO fp32 and bf16.
+    """
+    import onnxruntime as ort
+
+    _setup(threads, "cpu")
+    net = _build(variant)
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)
+    net.load_state_dict(trained.get("model", trained))
+    slices, calib = _network_slices(inputs, ckpt), _network_slices(calibration, ckpt)
+    onnx_path = cached_onnx(net)
+    tmp = Path(tempfile.mkdtemp(prefix="msa2net_int8_"))
+    impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+
+    def ort_session(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+    impls["onnx_fp32"] = ort_session(onnx_path)
+    impls["openvino_fp32"] = OpenVinoInference(onnx_path, "fp32")
+    try:
+        impls["openvino_bf16"] = OpenVinoInference(onnx_path, "bf16")
+    except Exception as err:  # no native bf16
+        print(f"openvino bf16 skipped: {err}")
+    setup_s = {}
+    for recipe in _split(recipes):
+        t0 = time.perf_counter()
+        path = quantize_int8(onnx_path, calib, tmp / f"{recipe}.xml", ignored=INT8_RECIPES[recipe])
+        setup_s[f"openvino_int8_{recipe}"] = time.perf_counter() - t0
+        impls[f"openvino_int8_{recipe}"] = OpenVinoInference(path, "fp32")  # already quantized: compile only
+    if onnx_int8:
+        t0 = time.perf_counter()
+        impls["onnx_int8_qdq"] = ort_session(_ort_int8(onnx_path, calib, tmp / "ort_int8.onnx"))
+        setup_s["onnx_int8_qdq"] = time.perf_counter() - t0
+    with torch.no_grad():
+        ref = torch.cat([net(slices[i : i + batch]) for i in range(0, len(slices), batch)]).argmax(1)
+    agreement = {}
+    for k, f in impls.items():
+        labels = torch.cat([f(slices[i : i + batch]) for i in range(0, len(slices), batch)]).argmax(1)
+        organs = (ref > 0) | (labels > 0)
+        agreement[k] = (float((labels == ref).float().mean()), float((labels == ref)[organs].float().mean()))
+    x = slices[torch.arange(batch) % len(slices)].contiguous()
+    rows = _alternate(impls, x, rounds, ("onnx_fp32", "openvino_fp32"))
+    for row in rows:
+        row.update(argmax_agreement=agreement[row["impl"]][0], organ_argmax_agreement=agreement[row["impl"]][1])
+        row["fp32_ops"] = "; ".join(INT8_RECIPES.get(row["impl"].replace("openvino_int8_", ""), ())) or "-"
+        row["quantize_s"] = setup_s.get(row["impl"], "")
+    notes = [
+        f"{len(slices)} slices of {inputs} scored, {len(calib)} slices of {calibration} calibrate; prepared as "
+        f"configs/inference.yaml prepares them for {ckpt}. Agreement at 224² against eager fp32 of the same weights.",
+        "NNCF recipes: model_type TRANSFORMER (asymmetric activations, SmoothQuant; softmax, LayerNorm, GELU never "
+        "quantized), fp32_ops left unquantized; the rest of each INT8 graph computes in fp32 (precision hint f32).",
+        "Times: alternating rounds in one process (only ratios are comparable), batch of real slices.",
+    ]
+    record = {"env": _environment("cpu", threads), "ckpt": ckpt, "batch": batch, "rounds": rounds}
+    record.update(rows=rows, notes=notes)
+    _write(name, record, _command())
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------------- side by side
+def _alternate(
+    impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int, baselines=()
+) -> List[dict]:
+    """Times ``impls`` on ``x`` alternately (order reversed every other round); one row per implementation with
+    the median/min seconds per slice and, against each of ``baselines`` present, the per-round ratio's median and
+    interquartile range."""
+    times: Dict[str, List[float]] = {k: [] for k in impls}
+    order = list(impls)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            impls[k](x)
+            times[k].append((time.perf_counter() - start) / len(x))
+    rows = []
+    for k in impls:
+        row = {"impl": k, "median_s_per_slice": statistics.median(times[k]), "min_s_per_slice": min(times[k])}
+        for other in baselines:
+            if other in times and other != k:
+                ratios = sorted(a / b for a, b in zip(times[k], times[other]))
+                row[f"ratio_vs_{other}_median"] = statistics.median(ratios)
+                row[f"ratio_vs_{other}_q25_q75"] = (
+                    f"{ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}"
+                )
+        rows.append(row)
+    return rows
+
+
 def side_by_side(
     variant: str = "paper",
     threads: int = 2,
@@ -923,6 +1169,9 @@ def side_by_side(
     official_repo: str = "",
     seed: int = 0,
     name: str = "",
+    ckpt: str = "",
+    inputs: str = "",
+    calibration: str = "",
 ) -> None:
     """Time implementations alternately in one process (order reversed every round); report ratios.
 
@@ -930,17 +1179,36 @@ def side_by_side(
     With ``official_repo`` (an extracted checkout) the official network is built by ``bundle.networks.official`` and
     its weights converted into ours, so every implementation computes the same function (max |Δ| to the baseline is
     reported).
+
+    ``ckpt``: a trained checkpoint of ours; every implementation, the official network included (its weights put
+    back under the official names), computes it. ``inputs``: CT volumes (comma-separated files or DICOM folders)
+    whose slices, prepared as ``configs/inference.yaml`` prepares them for ``ckpt``, are the inputs: the max |Δ|
+    and argmax agreement are taken over all of them, the timing on the first ``batch``. ``calibration``: volumes
+    for INT8 backends (same preparation). ``optimised`` takes any ``optimize_for_inference`` backend, and
+    ``eager_bf16`` (bf16 autocast). Ratios are given against ours eager fp32, the official code and ours ONNX.
     """
 
     device = _setup(threads, "cpu")
     impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     if official_repo:
         official = official_msa2net(official_repo, variant, seed).eval()
-        state, _ = convert_official_state_dict(official.state_dict(), variant=variant)
+        official_state = official.state_dict()
+        state, _ = convert_official_state_dict(official_state, variant=variant)
     else:
         state = _build(variant, seed).state_dict()
+    if ckpt:
+        trained = torch.load(ckpt, map_location="cpu", weights_only=True)
+        trained = trained.get("model", trained)
+        if official_repo:  # the conversion renames tensors; map each official name to ours through the same objects
+            ours_name = {id(v): k for k, v in state.items()}
+            official.load_state_dict(
+                {k: trained[ours_name[id(v)]] if id(v) in ours_name else v for k, v in official_state.items()}
+            )
+        state = trained
     base = _build(variant)
     base.load_state_dict(state)
+    slices = _network_slices(inputs, ckpt) if inputs else None
+    calib = _network_slices(calibration, ckpt) if calibration else None
 
     def baseline(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -950,7 +1218,10 @@ def side_by_side(
     for backend in _split(optimised):
         net = _build(variant)
         net.load_state_dict(state)
-        impls[f"ours_{backend}"] = optimize_for_inference(net, backend=backend)
+        if backend == "eager_bf16":
+            impls["ours_eager_bf16"] = optimize_for_inference(net, backend="eager", dtype=torch.bfloat16)
+            continue
+        impls[f"ours_{backend}"] = optimize_for_inference(net, backend=backend, calibration=calib)
     if official_repo:
 
         def official_fn(x: torch.Tensor) -> torch.Tensor:
@@ -958,38 +1229,51 @@ def side_by_side(
                 return official(x)
 
         impls["official"] = official_fn
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, 1, 224, 224, generator=gen)
-    ref = baseline(x)
-    diffs = {k: float((f(x) - ref).abs().max()) for k, f in impls.items()}
-    agree = {k: float((f(x).argmax(1) == ref.argmax(1)).float().mean()) for k, f in impls.items()}
-    times: Dict[str, List[float]] = {k: [] for k in impls}
-    order = list(impls)
-    for r in range(rounds):
-        for k in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            impls[k](x)
-            times[k].append((time.perf_counter() - start) / batch)
-    rows = []
-    for k in impls:
-        row = {"impl": k, "median_s_per_slice": statistics.median(times[k]), "min_s_per_slice": min(times[k])}
-        for other in ("ours_eager_fp32", "official"):
-            if other in times and other != k:
-                ratios = sorted(a / b for a, b in zip(times[k], times[other]))
-                row[f"ratio_vs_{other}_median"] = statistics.median(ratios)
-                row[f"ratio_vs_{other}_q25_q75"] = (
-                    f"{ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}"
-                )
-        row.update(max_abs_diff_vs_baseline=diffs[k], argmax_agreement=agree[k])
-        rows.append(row)
+    if slices is None:
+        gen = torch.Generator().manual_seed(seed + 1)
+        x = torch.randn(batch, 1, 224, 224, generator=gen)
+        checked = [x]
+    else:
+        x = slices[torch.arange(batch) % len(slices)].contiguous()
+        checked = [slices[i : i + batch] for i in range(0, len(slices), batch)]
+    refs = [baseline(c) for c in checked]
+    diffs, agree = {}, {}
+    for k, f in impls.items():
+        outs = [f(c) for c in checked]
+        diffs[k] = max(float((o - r).abs().max()) for o, r in zip(outs, refs))
+        same = torch.cat([(o.argmax(1) == r.argmax(1)).flatten() for o, r in zip(outs, refs)])
+        agree[k] = float(same.float().mean())
+    rows = _alternate(impls, x, rounds, ("ours_eager_fp32", "official", "ours_onnx"))
+    for row in rows:
+        row.update(max_abs_diff_vs_baseline=diffs[row["impl"]], argmax_agreement=agree[row["impl"]])
     notes = [
         "Implementations alternate within each round (order reversed every other round); only ratios from one run"
         " are comparable, absolute times depend on the shared machine's load.",
         "Warm-up: the equality check runs each implementation once before timing (ONNX export happens at build).",
     ]
+    if slices is not None:
+        notes.append(
+            f"Inputs: {len(slices)} real CT slices of {inputs} as configs/inference.yaml prepares them for {ckpt}; "
+            f"max |Δ| and argmax agreement over all of them (224², against ours eager fp32), timing on {batch}."
+        )
+    if calib is not None:
+        notes.append(f"INT8 calibration: {len(calib)} slices of {calibration} (not among the inputs).")
     record = {"env": _environment(device, threads), "variant": variant, "batch": batch, "rounds": rounds}
-    record.update(rows=rows, notes=notes)
+    record.update(ckpt=ckpt, rows=rows, notes=notes)
     _write(name or f"side_by_side_cpu_{variant}_b{batch}", record, _command())
+
+
+def _network_slices(paths: str, ckpt: str) -> torch.Tensor:
+    """Every slice of the volumes ``paths`` (comma-separated) as ``configs/inference.yaml`` feeds the network for
+    ``ckpt`` (its geometry: orientation, body crop, pixel size), through :class:`CalibrationSlices`."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(ROOT), "ckpt_path": ckpt or str(ROOT / "absent.pt"), "backend": "eager"})
+    volumes = [str(ROOT / p) if not os.path.isabs(p) else p for p in _split(paths)]
+    inferer = parser.get_parsed_content("inferer")
+    return CalibrationSlices(volumes, parser.get_parsed_content("preprocessing"), max_slices=100_000)(inferer)
 
 
 if __name__ == "__main__":
@@ -1001,6 +1285,8 @@ if __name__ == "__main__":
             "datapath": datapath,
             "training": training,
             "side_by_side": side_by_side,
+            "organ_dice": organ_dice,
+            "int8_recipes": int8_recipes,
             "tensorrt": tensorrt,
         }
     )

@@ -1,9 +1,11 @@
-"""A 512×512×200 CT volume through configs/inference.yaml on CPU, per backend and sw_batch_size (issue 9 targets).
+"""A 512×512×200 CT volume through configs/inference.yaml on CPU, per backend and sw_batch_size (issues 9 and 26).
 
-Usage (bundle root): ``python scripts/benchmarks/inference_200_cpu.py OUT prepare`` (writes a synthetic int16 NIfTI and
-a random MSA2Net ``paper`` checkpoint, fills the ONNX export cache), then once per setting, each in a fresh
-process: ``python scripts/benchmarks/inference_200_cpu.py OUT auto 8``. Prints wall time (config parsed → mask
-written) and peak RSS as one JSON line.
+Usage (bundle root): ``python scripts/benchmarks/inference_200_cpu.py OUT prepare [CALIBRATION]`` (writes a synthetic
+int16 NIfTI and a random MSA2Net ``paper`` checkpoint, fills the ONNX export cache and, with a calibration CT volume
+and OpenVINO + NNCF installed, the ``openvino_int8`` cache), then once per setting, each in a fresh process:
+``python scripts/benchmarks/inference_200_cpu.py OUT auto 8`` (or ``onnx``, ``openvino``, ``openvino_bf16``;
+``openvino_int8 8 whole 1 CALIBRATION``). Prints wall time (config parsed → mask written) and peak RSS as one JSON
+line.
 
 Slice windowing (issue 25): ``python scripts/benchmarks/inference_200_cpu.py OUT auto 8 whole,sliding:1.0 2`` runs
 the listed modes alternately, twice each, in one process (a shared machine's load hits both alike): ``whole`` (the
@@ -26,6 +28,19 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 out, mode = sys.argv[1], sys.argv[2]
+
+
+def calibration_slices(ckpt: str, calibration: str) -> torch.Tensor:
+    """The calibration volume's slices as configs/inference.yaml prepares them for ``ckpt`` (the INT8 cache key)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(f"{ROOT}/configs/inference.yaml")
+    parser.update({"bundle_root": ROOT, "ckpt_path": ckpt, "backend": "eager", "calibration": [calibration]})
+    inferer = parser.get_parsed_content("inferer")
+    return inferer.calibration(inferer)
+
+
 if mode == "prepare":
     arr = np.full((512, 512, 200), -1000, np.int16)
     yy, xx = np.arange(512)[:, None] - 256, np.arange(512)[None, :] - 256
@@ -33,13 +48,17 @@ if mode == "prepare":
     arr[200:260, 150:230, 30:170] = 150
     nib.save(nib.Nifti1Image(arr, np.diag([0.7, 0.7, 1.5, 1.0])), os.path.join(out, "vol200.nii.gz"))
     from bundle.inferers.backends import optimize_for_inference
+    from bundle.inferers.openvino import openvino_missing
     from bundle.networks import MSA2Net
 
     torch.manual_seed(0)
     net = MSA2Net(in_channels=1, out_channels=9, variant="paper")
-    torch.save(net.state_dict(), os.path.join(out, "random_paper.pt"))
-    net.load_state_dict(torch.load(os.path.join(out, "random_paper.pt"), weights_only=True))
-    optimize_for_inference(net.eval(), backend="auto")  # fill the ONNX cache, as a second run would find it
+    ckpt = os.path.join(out, "random_paper.pt")
+    torch.save(net.state_dict(), ckpt)
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    optimize_for_inference(net.eval(), backend="onnx")  # fill the ONNX cache, as a second run would find it
+    if len(sys.argv) > 3 and not openvino_missing("openvino_int8"):
+        optimize_for_inference(net, backend="openvino_int8", calibration=calibration_slices(ckpt, sys.argv[3]))
     sys.exit(0)
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
@@ -71,13 +90,14 @@ def segment(bs: int, mode: str) -> dict:
         workflow_type="infer",
         bundle_root=ROOT,
         input=os.path.join(out, "vol200.nii.gz"),
-        output_dir=os.path.join(out, f"pred{bs}_{window}"),
+        output_dir=os.path.join(out, f"pred{bs}_{window}_{backend}"),
         ckpt_path=os.path.join(out, "random_paper.pt"),
         num_workers=0,
         show_progress=False,
         sw_batch_size=bs,
         overwrite=True,
         backend=backend,
+        calibration=calibration,
         **geometry,
     )
     reset_peak_rss()
@@ -100,6 +120,7 @@ def segment(bs: int, mode: str) -> dict:
 
 backend, bs = mode, int(sys.argv[3])
 modes = sys.argv[4].split(",") if len(sys.argv) > 4 else ["whole"]
+calibration = sys.argv[6:7]  # openvino_int8: the CT volume the prepare step calibrated on
 for _ in range(int(sys.argv[5]) if len(sys.argv) > 5 else 1):
     for m in modes:
         print(json.dumps(segment(bs, m)), flush=True)

@@ -81,8 +81,16 @@ def test_onnx_fp32_and_batch_is_dynamic(net_and_ref, onnx_cache):
     assert again.onnx_path == fast.onnx_path and len(list(onnx_cache.glob("*.onnx"))) == 1
 
 
+@pytest.fixture()
+def no_native_bf16(monkeypatch):
+    """A CPU without native bf16: ``auto`` is ONNX Runtime there (with it OpenVINO bf16: test_openvino.py)."""
+    import bundle.inferers.backends as backends
+
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.mark.skipif(not _has_ort(), reason="onnxruntime not installed")
-def test_auto_is_onnx_on_cpu_fp32(net_and_ref, onnx_cache):
+def test_auto_is_onnx_on_cpu_fp32_without_native_bf16(net_and_ref, onnx_cache, no_native_bf16):
     net, _, _ = net_and_ref
     assert type(optimize_for_inference(_fresh_copy(net), cache_dir=onnx_cache)).__name__ == "OnnxInference"
 
@@ -149,8 +157,8 @@ def test_cuda_eager(net_and_ref, dtype):
 
 
 @pytest.mark.skipif(not _has_ort(), reason="onnxruntime not installed")
-def test_slice_inferer_backend_auto_matches_eager(net_and_ref, onnx_cache, monkeypatch):
-    """configs/inference.yaml's ``backend: auto`` (ONNX Runtime on CPU) writes the eager labels."""
+def test_slice_inferer_backend_auto_matches_eager(net_and_ref, onnx_cache, monkeypatch, no_native_bf16):
+    """configs/inference.yaml's ``backend: auto`` (ONNX Runtime on a CPU without native bf16) writes the eager labels."""
     from bundle.inferers.axial import AxialSliceInferer
 
     monkeypatch.setenv("MSA2NET_ONNX_CACHE", str(onnx_cache))  # same weights as above: the export is reused

@@ -59,8 +59,15 @@ def _third_party_imports(package: str = "bundle") -> dict:
     return found
 
 
+# imported inside functions only, by optional backends whose extra may be absent (pyproject.toml [openvino]):
+# module name -> distribution, for a scan on an install without them
+OPTIONAL_DISTRIBUTIONS = {"openvino": "openvino", "nncf": "nncf"}
+
+
 def _distribution(module: str) -> str:
     dists = importlib.metadata.packages_distributions().get(module)
+    if not dists and module in OPTIONAL_DISTRIBUTIONS:
+        return OPTIONAL_DISTRIBUTIONS[module]
     if not dists:
         pytest.fail(f"{module} is imported by bundle/ but no installed distribution provides it")
     return _canon(dists[0])
