@@ -17,23 +17,25 @@ it (Linux), printed with the RSS the run started from (what earlier runs left al
 import gc
 import json
 import os
-import resource
 import sys
 import time
 
 import nibabel as nib
 import numpy as np
 import torch
+from bench_common import peak_rss_gib, reset_peak_rss
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from bundle.inferers.backends import optimize_for_inference
+from bundle.inferers.openvino import openvino_missing
+from bundle.networks import MSA2Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
 out, mode = sys.argv[1], sys.argv[2]
 
 
 def calibration_slices(ckpt: str, calibration: str) -> torch.Tensor:
     """The calibration volume's slices as configs/inference.yaml prepares them for ``ckpt`` (the INT8 cache key)."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(f"{ROOT}/configs/inference.yaml")
     parser.update({"bundle_root": ROOT, "ckpt_path": ckpt, "backend": "eager", "calibration": [calibration]})
@@ -47,10 +49,6 @@ if mode == "prepare":
     arr[(yy**2 / 200**2 + xx**2 / 160**2) < 1] = 40
     arr[200:260, 150:230, 30:170] = 150
     nib.save(nib.Nifti1Image(arr, np.diag([0.7, 0.7, 1.5, 1.0])), os.path.join(out, "vol200.nii.gz"))
-    from bundle.inferers.backends import optimize_for_inference
-    from bundle.inferers.openvino import openvino_missing
-    from bundle.networks import MSA2Net
-
     torch.manual_seed(0)
     net = MSA2Net(in_channels=1, out_channels=9, variant="paper")
     ckpt = os.path.join(out, "random_paper.pt")
@@ -60,23 +58,6 @@ if mode == "prepare":
     if len(sys.argv) > 3 and not openvino_missing("openvino_int8"):
         optimize_for_inference(net, backend="openvino_int8", calibration=calibration_slices(ckpt, sys.argv[3]))
     sys.exit(0)
-from monai.bundle import ConfigWorkflow  # noqa: E402
-
-
-def peak_rss_gib() -> float:
-    """The process's peak RSS since the last reset_peak_rss() (VmHWM), else since the start (ru_maxrss)."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:  # Linux: VmHWM := the current RSS
-            f.write("5")
-    except OSError:
-        pass
 
 
 def segment(bs: int, mode: str) -> dict:
