@@ -21,7 +21,7 @@ configs' ``Invertd`` puts it back on the input's stored grid before :class:`Save
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -135,7 +135,6 @@ class AxialSliceInferer(Inferer):
             else None
         )
         self.skip_outside_body = bool(skip_outside_body)
-        self._last_theta: Optional[torch.Tensor] = None  # the last chunk's network-grid matrices (pixel_size)
 
     def scores(self, x: torch.Tensor, networks: Sequence[Callable[..., torch.Tensor]], *args: Any, **kwargs: Any):
         """Per-class scores (N, K, h, w) of network-ready slices ``x`` (N, C, h, w), argmax-equivalent to the average.
@@ -179,19 +178,22 @@ class AxialSliceInferer(Inferer):
         chunks = []
         for i in range(0, len(x), self.sw_batch_size):
             part = None if spacing is None else spacing[i : i + self.sw_batch_size]
-            chunks.append(self._to_roi(x[i : i + self.sw_batch_size], torch.device("cpu"), part))
+            chunks.append(self._to_roi(x[i : i + self.sw_batch_size], torch.device("cpu"), part)[0])
         return torch.cat(chunks)
 
-    def _to_roi(self, x: torch.Tensor, device: torch.device, spacing: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(N, C, H, W) slices → network input at ``roi_size`` on ``device`` (normalised if asked).
+    def _to_roi(
+        self, x: torch.Tensor, device: torch.device, spacing: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(N, C, H, W) slices → (network input at ``roi_size`` on ``device``, normalised if asked; grid matrices).
 
         ``spacing`` (N, 2) mm: the physical-pixel-size grid (``pixel_size``, :func:`bundle.transforms.geometry.to_network_grid`:
-        anti-aliased, bicubic), in both modes; its matrices are kept in ``self._last_theta`` for :meth:`_to_labels`.
+        anti-aliased, bicubic), in both modes; its (N, 2, 3) matrices are returned for :meth:`_to_labels` (None
+        without ``spacing``).
         """
         h, w = x.shape[-2:]
-        self._last_theta = None
+        theta = None
         if spacing is not None:
-            x, self._last_theta = to_network_grid(x.to(device), spacing, self.pixel_size, self.roi_size, "bicubic")
+            x, theta = to_network_grid(x.to(device), spacing, self.pixel_size, self.roi_size, "bicubic")
         elif self.resample == "protocol":
             if (h, w) != self.roi_size:  # official: zoom(slice, (224 / x, 224 / y), order=3), skipped at 224²
                 factors = (self.roi_size[0] / h, self.roi_size[1] / w)
@@ -202,7 +204,7 @@ class AxialSliceInferer(Inferer):
             x = x.to(device)
         else:
             x = F.interpolate(x.to(device), size=self.roi_size, mode="bicubic", align_corners=False)
-        return (x - 0.5) / 0.5 if self.normalise else x
+        return self._normalised(x), theta
 
     def _to_labels(self, scores: torch.Tensor, h: int, w: int, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(N, K, h', w') scores at ``roi_size`` → (N, H, W) uint8 labels on the slice grid.
@@ -295,8 +297,9 @@ class AxialSliceInferer(Inferer):
                     )
                 else:
                     spacing = None if spacings is None else spacings.repeat_interleave(z1 - z0, dim=0)  # x: (B·n, …)
-                    scores = self.scores(self._to_roi(x, device, spacing), networks, *args, **kwargs)
-                    labels = self._to_labels(scores, h, w, self._last_theta)  # (B·n, H, W); scores freed per chunk
+                    roi, theta = self._to_roi(x, device, spacing)
+                    scores = self.scores(roi, networks, *args, **kwargs)
+                    labels = self._to_labels(scores, h, w, theta)  # (B·n, H, W); scores freed per chunk
                 out[:, 0, :, :, z0:z1] = labels.to(out.device).reshape(b, z1 - z0, h, w).permute(0, 2, 3, 1)
         result, *_ = convert_to_dst_type(out, inputs, dtype=torch.uint8)  # keeps the input's meta/affine
         return result

@@ -81,7 +81,7 @@ def test_a_slice_one_window_covers_gets_the_whole_slice_result_to_float_rounding
     assert torch.equal(sliding(vol, net), labels)
     x, spacing = _slices(vol)
     with torch.no_grad():
-        expected = whole.scores(whole._to_roi(x, torch.device("cpu"), torch.tensor([spacing]).expand(5, 2)), [net])
+        expected = whole.scores(whole._to_roi(x, torch.device("cpu"), torch.tensor([spacing]).expand(5, 2))[0], [net])
         got, _ = sliding.windows(x, spacing, lambda w: sliding.scores(sliding._normalised(w), [net]))
     assert got.shape == expected.shape == (5, 9, 224, 224)
     assert float((got - expected).abs().max()) < 1e-6 * float(expected.abs().max())

@@ -48,7 +48,7 @@ def test_protocol_resampling_equals_official_slice_loop():
 def _probs(inferer, vol, nets):
     """Averaged probabilities of the inferer at 224² for the first slice chunk (as __call__ computes them)."""
     x = vol[..., :2].permute(0, 4, 1, 2, 3).reshape(-1, 1, *vol.shape[2:4])
-    return inferer.probabilities(inferer._to_roi(x, torch.device("cpu")), nets), inferer._to_roi(x, "cpu")
+    return inferer.probabilities(inferer._to_roi(x, torch.device("cpu"))[0], nets), inferer._to_roi(x, "cpu")[0]
 
 
 def test_tta_with_flip_symmetric_net_equals_no_tta():
