@@ -31,7 +31,7 @@ from monai.transforms import LoadImage
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE
 from bundle.data.dicom_study import export_series
 from bundle.data.synapse import ORGANS, remap_labels
-from bundle.errors import install_error_hook
+from bundle.errors import InputError, check_choice, run_script
 from bundle.io.dicom_reader import DicomSeriesReader, dicom_record
 from bundle.io.dicom_seg import build_seg
 
@@ -168,18 +168,18 @@ def dice(out: str, ckpt: str) -> dict:
     }
 
 
-if __name__ == "__main__":
-    install_error_hook()  # InputError -> one line, exit code 1
-    out_dir, mode = sys.argv[1], sys.argv[2]
-    os.makedirs(out_dir, exist_ok=True)
+def main(out: str, mode: str, ckpt: str = "", output_type: str = "nifti") -> None:
+    """``OUT prepare | writer | inference CKPT nifti|dicom_seg|both | dice CKPT``: one JSON line per measuring mode."""
+    check_choice("mode", mode, ("prepare", "writer", "inference", "dice"))
+    os.makedirs(out, exist_ok=True)
     if mode == "prepare":
-        prepare(out_dir)
-    else:
-        if mode == "writer":
-            row = writer(out_dir)
-        elif mode == "dice":
-            row = dice(out_dir, sys.argv[3])
-        else:
-            row = inference(out_dir, sys.argv[3], sys.argv[4])
-        row["load_avg_1min"] = round(os.getloadavg()[0], 1)
-        print(json.dumps(row))
+        return prepare(out)
+    if mode != "writer" and not ckpt:
+        raise InputError(f"{mode} needs the checkpoint: python scripts/benchmarks/dicom_seg.py OUT {mode} CKPT ...")
+    row = writer(out) if mode == "writer" else dice(out, ckpt) if mode == "dice" else inference(out, ckpt, output_type)
+    row["load_avg_1min"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -14,10 +14,10 @@ checkpoint's geometry: the official whole-slice resize), ``whole:<mm>`` (one 224
 it (Linux), printed with the RSS the run started from (what earlier runs left allocated).
 """
 
+import argparse
 import gc
 import json
 import os
-import sys
 import time
 
 import nibabel as nib
@@ -26,12 +26,12 @@ import torch
 from bench_common import peak_rss_gib, reset_peak_rss
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from bundle.errors import install_error_hook
 from bundle.inferers.backends import optimize_for_inference
 from bundle.inferers.openvino import openvino_missing
 from bundle.networks import MSA2Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-out, mode = sys.argv[1], sys.argv[2]
 
 
 def calibration_slices(ckpt: str, calibration: str) -> torch.Tensor:
@@ -43,7 +43,9 @@ def calibration_slices(ckpt: str, calibration: str) -> torch.Tensor:
     return inferer.calibration(inferer)
 
 
-if mode == "prepare":
+def prepare(out: str, calibration: str = "") -> None:
+    """The synthetic volume, a random ``paper`` checkpoint, the ONNX export cache and (with ``calibration``) the INT8
+    cache, so that each measured run finds them as a second run would."""
     arr = np.full((512, 512, 200), -1000, np.int16)
     yy, xx = np.arange(512)[:, None] - 256, np.arange(512)[None, :] - 256
     arr[(yy**2 / 200**2 + xx**2 / 160**2) < 1] = 40
@@ -55,12 +57,11 @@ if mode == "prepare":
     torch.save(net.state_dict(), ckpt)
     net.load_state_dict(torch.load(ckpt, weights_only=True))
     optimize_for_inference(net.eval(), backend="onnx")  # fill the ONNX cache, as a second run would find it
-    if len(sys.argv) > 3 and not openvino_missing("openvino_int8"):
-        optimize_for_inference(net, backend="openvino_int8", calibration=calibration_slices(ckpt, sys.argv[3]))
-    sys.exit(0)
+    if calibration and not openvino_missing("openvino_int8"):
+        optimize_for_inference(net, backend="openvino_int8", calibration=calibration_slices(ckpt, calibration))
 
 
-def segment(bs: int, mode: str) -> dict:
+def segment(out: str, backend: str, bs: int, mode: str, calibration: list) -> dict:
     """One run of configs/inference.yaml; ``mode``: whole (the checkpoint's: official), whole:<mm>, sliding:<mm>."""
     window, _, size = mode.partition(":")
     geometry = dict(slice_window=window, pixel_size=float(size)) if size else {}
@@ -99,10 +100,26 @@ def segment(bs: int, mode: str) -> dict:
     }
 
 
-backend, bs = mode, int(sys.argv[3])
-modes = sys.argv[4].split(",") if len(sys.argv) > 4 else ["whole"]
-calibration = sys.argv[6:7]  # openvino_int8: the CT volume the prepare step calibrated on
-for _ in range(int(sys.argv[5]) if len(sys.argv) > 5 else 1):
-    for m in modes:
-        print(json.dumps(segment(bs, m)), flush=True)
-        gc.collect()
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="512×512×200 CT through configs/inference.yaml (see the module doc).")
+    parser.add_argument("out")
+    parser.add_argument(
+        "mode", help="prepare, or a backend (auto, onnx, openvino, openvino_bf16, openvino_int8, eager)"
+    )
+    parser.add_argument("rest", nargs="*", help="prepare: [CALIBRATION]; a backend: SW_BATCH [MODES [ROUNDS [CAL]]]")
+    args = parser.parse_args(argv)
+    if args.mode == "prepare":
+        return prepare(args.out, *args.rest[:1])
+    bs = int(args.rest[0]) if args.rest else 8
+    modes = args.rest[1].split(",") if len(args.rest) > 1 else ["whole"]
+    rounds = int(args.rest[2]) if len(args.rest) > 2 else 1
+    calibration = args.rest[3:4]  # openvino_int8: the CT volume the prepare step calibrated on
+    for _ in range(rounds):
+        for m in modes:
+            print(json.dumps(segment(args.out, args.mode, bs, m, calibration)), flush=True)
+            gc.collect()
+
+
+if __name__ == "__main__":
+    install_error_hook()
+    main()

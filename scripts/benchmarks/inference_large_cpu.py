@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 
 import nibabel as nib
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from bundle.data.synthetic import write_body_ct
-from bundle.errors import install_error_hook
+from bundle.errors import run_script
 from bundle.networks import MSA2Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,12 +83,13 @@ def run(out):
     }
 
 
-if __name__ == "__main__":
-    install_error_hook()
-    out = sys.argv[1]
+def main(out: str) -> None:
+    """First call: write the volume and checkpoint into ``out``; later calls: one inference run, as JSON."""
     os.makedirs(out, exist_ok=True)
     if not os.path.exists(os.path.join(out, "random_paper.pt")):
-        prepare(out)
-        sys.exit(0)
-    result = run(out)
-    print(json.dumps(result, indent=1))
+        return prepare(out)
+    print(json.dumps(run(out), indent=1))
+
+
+if __name__ == "__main__":
+    run_script(main)
