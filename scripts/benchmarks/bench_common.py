@@ -161,6 +161,24 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def inference_workflow(input, output_dir, ckpt_path, **overrides):
+    """``configs/inference.yaml`` as the CLI runs it (no log file, no workers, no progress bar, outputs overwritten),
+    with ``overrides`` of its ids; the caller initializes and runs it."""
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "inference.yaml"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(ROOT),
+        **{"num_workers": 0, "show_progress": False, "overwrite": True, **overrides},
+        input=str(input),
+        output_dir=str(output_dir),
+        ckpt_path=str(ckpt_path),
+    )
+
+
 # ----------------------------------------------------------------------------------------------- side by side
 def alternate(
     impls: Dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int, baselines=()

@@ -16,6 +16,7 @@ from bench_common import (
     build_network,
     command_line,
     environment,
+    inference_workflow,
     network_slices,
     setup,
     split_list,
@@ -32,23 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # ----------------------------------------------------------------------------------------------- organ Dice
 def _infer_config(backend: str, image: str, out_dir: Path, ckpt: str, calibration: str, threads: int) -> Path:
     """One ``configs/inference.yaml`` run of ``backend`` on ``image``; returns the written label map."""
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(
-        config_file=str(ROOT / "configs" / "inference.yaml"),
-        meta_file=str(ROOT / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(ROOT),
-        input=image,
-        output_dir=str(out_dir),
-        ckpt_path=ckpt,
-        num_workers=0,
-        show_progress=False,
-        overwrite=True,
-        backend=backend,
-        calibration=[calibration] if calibration else [],
-    )
+    wf = inference_workflow(image, out_dir, ckpt, backend=backend, calibration=[calibration] if calibration else [])
     wf.initialize()
     wf.run()
     wf.finalize()

@@ -26,6 +26,7 @@ import time
 
 import nibabel as nib
 import numpy as np
+from bench_common import inference_workflow
 from monai.transforms import LoadImage
 
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE
@@ -82,21 +83,8 @@ def writer(out: str) -> dict:
 
 
 def inference(out: str, ckpt: str, output_type: str) -> dict:
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(
-        config_file=f"{ROOT}/configs/inference.yaml",
-        meta_file=f"{ROOT}/configs/metadata.json",
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=ROOT,
-        input=os.path.join(out, "series200"),
-        output_dir=os.path.join(out, f"pred_{output_type}"),
-        ckpt_path=ckpt,
-        num_workers=0,
-        show_progress=False,
-        overwrite=True,
-        output_type=output_type,
+    wf = inference_workflow(
+        os.path.join(out, "series200"), os.path.join(out, f"pred_{output_type}"), ckpt, output_type=output_type
     )
     t0 = time.perf_counter()
     wf.initialize()

@@ -23,8 +23,8 @@ import time
 import nibabel as nib
 import numpy as np
 import torch
-from bench_common import peak_rss_gib, reset_peak_rss
-from monai.bundle import ConfigParser, ConfigWorkflow
+from bench_common import inference_workflow, peak_rss_gib, reset_peak_rss
+from monai.bundle import ConfigParser
 
 from bundle.errors import install_error_hook
 from bundle.inferers.backends import optimize_for_inference
@@ -65,19 +65,11 @@ def segment(out: str, backend: str, bs: int, mode: str, calibration: list) -> di
     """One run of configs/inference.yaml; ``mode``: whole (the checkpoint's: official), whole:<mm>, sliding:<mm>."""
     window, _, size = mode.partition(":")
     geometry = dict(slice_window=window, pixel_size=float(size)) if size else {}
-    wf = ConfigWorkflow(
-        config_file=f"{ROOT}/configs/inference.yaml",
-        meta_file=f"{ROOT}/configs/metadata.json",
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=ROOT,
-        input=os.path.join(out, "vol200.nii.gz"),
-        output_dir=os.path.join(out, f"pred{bs}_{window}_{backend}"),
-        ckpt_path=os.path.join(out, "random_paper.pt"),
-        num_workers=0,
-        show_progress=False,
+    wf = inference_workflow(
+        os.path.join(out, "vol200.nii.gz"),
+        os.path.join(out, f"pred{bs}_{window}_{backend}"),
+        os.path.join(out, "random_paper.pt"),
         sw_batch_size=bs,
-        overwrite=True,
         backend=backend,
         calibration=calibration,
         **geometry,

@@ -15,12 +15,12 @@ import time
 import nibabel as nib
 import numpy as np
 import torch
+from bench_common import inference_workflow
 
 from bundle.data.synthetic import write_body_ct
 from bundle.errors import run_script
 from bundle.networks import MSA2Net
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rss_mb():
@@ -38,23 +38,9 @@ def prepare(out):
 
 def run(out):
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
-    vol, cfg = os.path.join(out, "large.nii.gz"), os.path.join(ROOT, "configs")
-    wf = ConfigWorkflow(
-        config_file=os.path.join(cfg, "inference.yaml"),
-        meta_file=os.path.join(cfg, "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=ROOT,
-        input=vol,
-        output_dir=os.path.join(out, "pred"),
-        ckpt_path=os.path.join(out, "random_paper.pt"),
-        num_workers=0,
-        show_progress=False,
-        sw_batch_size=16,
-        overwrite=True,
-    )
+    vol = os.path.join(out, "large.nii.gz")
+    wf = inference_workflow(vol, os.path.join(out, "pred"), os.path.join(out, "random_paper.pt"), sw_batch_size=16)
     wf.initialize()
     marks = {}
     evaluator = wf.parser.get_parsed_content("evaluator")
