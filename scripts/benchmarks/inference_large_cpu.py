@@ -22,7 +22,6 @@ from bundle.errors import run_script
 from bundle.networks import MSA2Net
 
 
-
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
