@@ -10,6 +10,7 @@ shows the full traceback) and refuses ``--id`` overrides that name no config id.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import logging
 import os
@@ -152,13 +153,15 @@ def _ids(config: Any, prefix: str = "") -> set:
 
 
 def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
-    """Refuses ``--id value`` overrides whose id exists in none of the ``--config_file`` files (typos).
+    """Refuses ``--id value`` overrides whose id exists in none of the ``--config_file`` files (typos), or that the
+    configs name in their ``unused_options`` list (ids of a base config that an overlay leaves unused, e.g. the CT
+    inference's ``--tta`` under the ISIC overlay).
 
     ``monai.bundle run`` silently adds an unknown id as a new, unused config entry (``--epohcs 5`` trains the
     default number of epochs). Runs only for a ``monai.bundle`` command line; ids may use ``#`` or ``::``.
 
     Raises:
-        InputError: naming the unknown id and the closest existing ones.
+        InputError: naming the unknown id and the closest existing ones, or the unused option.
     """
     argv = list(sys.argv if argv is None else argv)
     if not argv or "monai" not in argv[0] or "bundle" not in argv[0]:
@@ -169,14 +172,20 @@ def check_cli_overrides(argv: Optional[Sequence[str]] = None) -> None:
         return
     from monai.bundle import ConfigParser
 
-    try:
-        config = ConfigParser.load_config_files(files)
+    try:  # a list of files arrives as its Python spelling, which fire turns into a list for monai.bundle
+        config = ConfigParser.load_config_files(ast.literal_eval(files) if files.lstrip().startswith("[") else files)
     except Exception:  # monai.bundle reports unreadable config files itself
         return
     known = _ids(config)
+    unused = set(config.get("unused_options") or ()) if isinstance(config, Mapping) else set()
     _check_bool_overrides(pairs, config, files)
     for raw, _ in pairs:
         key = raw.replace("::", "#")
+        if key in unused:
+            raise InputError(
+                f"--{raw} does nothing in this run: {files} list it in `unused_options` (an option of the base "
+                "config that the overlay replaces); drop it."
+            )
         parent, _, last = key.rpartition("#")
         if key in _CLI_ARGS or key in known or key.startswith("+") or (last.startswith("_") and parent in known):
             continue  # `--x#_disabled_ True` etc. are fine on an existing component

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import ImageReader
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 
 from bundle.errors import InputError
@@ -49,6 +50,20 @@ def quiet_default_readers():
             yield
     finally:
         log.setLevel(level)
+
+
+def load_image(path: str, reader: Optional[ImageReader] = None) -> Any:
+    """One image as MONAI's ``LoadImage(image_only=True)`` reads it (a ``MetaTensor``), for scripts: without the
+    nvImageCodec lines (:func:`quiet_default_readers`).
+
+    Args:
+        path: an image file or a DICOM series folder.
+        reader: the reader to use, whose errors are raised (given at call time: a reader given to ``LoadImage``
+            itself falls back to the other readers when it fails); ``None``: MONAI's choice by file type.
+    """
+    with quiet_default_readers():
+        loader = LoadImage(image_only=True)
+    return loader(path, reader=reader)
 
 
 class LoadImageOrSeries(LoadImage):

@@ -126,6 +126,10 @@ def ct_volume_transforms(
     """Deterministic volume stage: load, check, channel first, canonical orientation, HU window [-125, 275] → [0, 1],
     optionally an in-plane crop to the body.
 
+    The configs spell these steps out (``volume_transforms`` in ``configs/train.yaml``, ``preprocessing`` in
+    ``configs/inference.yaml``), as model-zoo bundles do, so a user edits the chain where it runs; this function
+    builds the same chain for scripts and tests (``tests/transforms/test_transforms.py`` holds them equal).
+
     Args:
         keys: image key first, then an optional label key.
         reader: MONAI reader name, ``None`` for MONAI's choice of file reader and

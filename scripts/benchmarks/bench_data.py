@@ -19,6 +19,7 @@ from bench_common import build_network, command_line, environment, setup, split_
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE, build_demo
 from bundle.data.synapse import remap_labels
 from bundle.data.synthetic import write_synthetic_case
+from bundle.io.volume import load_image
 from bundle.training.losses import BoundaryDoULoss, make_loss
 from bundle.transforms.geometry import reorient_array
 
@@ -149,12 +150,12 @@ def _real_ct_cases(data: str, cases: int, depth: int, dest: Path) -> tuple:
     ``train_npz/caseXXXX_sliceYYY.npz`` slices (HU window → [0, 1], the canonical PLS layout) + ``train.txt``.
     """
     import nibabel as nib
-    from monai.transforms import LoadImage
+    from monai.data import ITKReader
 
     data_dir = ROOT / data
     if not (data_dir / "dataset.json").exists():
         build_demo(str(data_dir))
-    ct = LoadImage(reader="ITKReader", image_only=True)(str(data_dir / "raw" / "example_ct_dicom"))
+    ct = load_image(str(data_dir / "raw" / "example_ct_dicom"), reader=ITKReader())
     affine = np.asarray(ct.affine)
     seg = nib.load(str(data_dir / "raw" / "example_seg_dicom.nii.gz"))
     lab = remap_labels(np.asarray(seg.dataobj).astype(np.int64), TOTALSEG_TO_SYNAPSE)

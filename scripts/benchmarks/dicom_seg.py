@@ -27,7 +27,6 @@ import time
 import nibabel as nib
 import numpy as np
 from bench_common import inference_workflow
-from monai.transforms import LoadImage
 
 from bundle.data.demos import TOTALSEG_TO_SYNAPSE
 from bundle.data.dicom_study import export_series
@@ -35,6 +34,7 @@ from bundle.data.synapse import ORGANS, remap_labels
 from bundle.errors import InputError, check_choice, run_script
 from bundle.io.dicom_reader import DicomSeriesReader, dicom_record
 from bundle.io.dicom_seg import build_seg
+from bundle.io.volume import load_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "demo_data", "raw")
@@ -59,7 +59,7 @@ def reference_labels(grid_affine: np.ndarray, shape) -> np.ndarray:
 
 def writer(out: str) -> dict:
     t0 = time.perf_counter()
-    img = LoadImage(image_only=True)(os.path.join(out, "series200"), reader=DicomSeriesReader("dicom_seg"))
+    img = load_image(os.path.join(out, "series200"), reader=DicomSeriesReader("dicom_seg"))
     t1 = time.perf_counter()
     record = dicom_record(img.meta)
     mask = reference_labels(np.asarray(img.meta["affine"]), img.shape)

@@ -218,9 +218,11 @@ def main(
 
 def _dicom_ct(folder: str) -> np.ndarray:
     """The DICOM series in HU, PLS order (MONAI's ITK reader, as inference reads it)."""
-    from monai.transforms import LoadImage
+    from monai.data import ITKReader
 
-    img = LoadImage(reader="ITKReader", image_only=True)(folder)
+    from bundle.io.volume import load_image
+
+    img = load_image(folder, reader=ITKReader())
     return reorient_array(np.asarray(img, dtype=np.float32), np.asarray(img.affine))
 
 

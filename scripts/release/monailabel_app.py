@@ -310,14 +310,14 @@ def label_info(label: str, bundle_root: str = str(ROOT), algorithm_type: str = "
             label), ``AUTOMATIC`` or ``MANUAL``.
     """
     import numpy as np
-    from monai.transforms import LoadImage
 
     from bundle.io.dicom_seg import _COLORS, ANATOMICAL_STRUCTURE, SNOMED
+    from bundle.io.volume import load_image
 
     with open(Path(bundle_root) / "configs" / "metadata.json") as f:
         meta = json.load(f)
     names = {int(k): v for k, v in meta["network_data_format"]["outputs"]["pred"]["channel_def"].items()}
-    values = [int(v) for v in np.unique(np.asarray(LoadImage(image_only=True)(label))) if v != 0]
+    values = [int(v) for v in np.unique(np.asarray(load_image(label))) if v != 0]
     unknown = [v for v in values if v not in names]
     if unknown:
         raise InputError(
@@ -398,10 +398,10 @@ def compare(a: str, b: str) -> dict:
     "exact"}``; arrays and affines as MONAI loads them (RAS), so a ``.nrrd`` (LPS on disk) and a ``.nii.gz`` compare.
     """
     import numpy as np
-    from monai.transforms import LoadImage
 
-    load = LoadImage(image_only=True)
-    x, y = load(a), load(b)
+    from bundle.io.volume import load_image
+
+    x, y = load_image(a), load_image(b)
     same = tuple(x.shape) == tuple(y.shape)
     diff = float(np.abs(np.asarray(x.affine, np.float64) - np.asarray(y.affine, np.float64)).max())
     agree = float((np.asarray(x) == np.asarray(y)).mean()) if same else 0.0

@@ -363,6 +363,15 @@ def test_typo_override_refused():
             check_cli_overrides(infer + ["--tta", "false"])
         with pytest.raises(InputError, match=r"--overwrite true .*write --overwrite True"):
             check_cli_overrides(infer + ["--overwrite=true"])
+        # the ISIC overlay replaces the CT inferer: CT-only options would do nothing, so they are refused
+        isic = infer[:-1] + ["['configs/inference.yaml','configs/isic2018/inference.yaml']"]
+        check_cli_overrides(isic + ["--threshold", "0.4", "--ckpt_path", "m.pt"])
+        with pytest.raises(InputError, match=r"unknown config id --threshhold .*did you mean --threshold\?"):
+            check_cli_overrides(isic + ["--threshhold", "0.4"])  # a list of config files is checked too
+        check_cli_overrides(infer + ["--ckpt_paths", "['a.pt','b.pt']"])  # the CT config uses it
+        for option in ("--tta", "--ckpt_paths", "--axcodes", "--output_type"):
+            with pytest.raises(InputError, match=rf"{option} does nothing in this run: .*isic2018.*drop it"):
+                check_cli_overrides(isic + [option, "x"])
     finally:
         os.chdir(cwd)
 
@@ -485,3 +494,25 @@ def test_the_checkpoint_check_maps_the_file_and_the_loader_reads_it_once(tmp_pat
     assert calls == [True, False]  # the check maps, the load reads
     with pytest.raises(InputError, match=r"nope\.pt does not exist: give an existing file with --ckpt_paths"):
         load_checkpoints(net, [str(tmp_path / "nope.pt")])
+
+
+def test_load_image_is_quiet_and_uses_the_reader_given(tmp_path, caplog):
+    """Scripts read images through bundle.io.volume.load_image: no note about MONAI's missing GPU DICOM decoder
+    (nvImageCodec; two lines per LoadImage on a CPU machine), and a reader that cannot read the file is an error,
+    not a silent fall back to another reader."""
+    import logging
+    import warnings
+
+    from monai.data import PydicomReader
+
+    from bundle.io.volume import load_image
+
+    image, _ = make_volume(str(tmp_path / "ct.nii.gz"), str(tmp_path / "lab.nii.gz"))
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        img = load_image(image)
+    assert tuple(img.shape) == (40, 36, 3) and np.allclose(img.numpy(), nib.load(image).get_fdata())
+    notes = [str(w.message) for w in seen] + [r.getMessage() for r in caplog.records]
+    assert not [n for n in notes if "nvImageCodec" in n or "NvImgCodec" in n], notes
+    with pytest.raises(Exception, match="DICOM File Meta Information header"):
+        load_image(image, reader=PydicomReader())  # a NIfTI file is no DICOM: pydicom's InvalidDicomError

@@ -138,3 +138,23 @@ def test_checkpoint_interval_is_a_config_id():
     assert parser["ckpt_interval"] == 1
     demo = open(os.path.join(ROOT, "scripts", "demo", "run_demo.py")).read()
     assert '"--ckpt_interval"' in demo
+
+
+def test_inference_and_evaluation_apply_a_checkpoint_alike():
+    """inference.yaml and the evaluate.yaml overlay each wire the checkpoint the same way: MONAI bundles have no
+    include resolved against the bundle root (a ``%file#id`` macro is read from the current directory, so
+    MONAI Label or a run from another folder would miss it), so the two copies are held identical here."""
+    from monai.bundle import ConfigParser
+
+    inference, evaluate = ConfigParser(), ConfigParser()
+    inference.read_config(os.path.join(CFG, "inference.yaml"))
+    evaluate.read_config([os.path.join(CFG, "train.yaml"), os.path.join(CFG, "evaluate.yaml")])
+    shared = ["axcodes", "pixel_size", "crop_body", "slice_window", "geometry", "ckpt_paths", "ensemble", "tta", "lcc"]
+    for key in shared:
+        assert inference[key] == evaluate[key], key
+    loader = inference["handlers"][0]
+    assert loader["_target_"] == "bundle.io.checkpoint.CheckedCheckpointLoader"
+    assert evaluate["validate#handlers"][0] == loader
+    assert evaluate["validate#inferer#networks"] == inference["inferer#networks"] == "@ensemble"
+    for key in ("pixel_size", "slice_window"):  # evaluation runs train.yaml's validation inferer with them
+        assert evaluate[f"validate#inferer#{key}"] == inference[f"inferer#{key}"] == f"$@geometry.{key}"
