@@ -37,12 +37,13 @@ def _members(value) -> str:
     return str([n.strip() for n in names]).replace(" ", "") if names else "$None"
 
 
-def infer(image: str, out: str) -> None:
-    """``run inference`` of the demo model on a volume file or DICOM series folder into ``<out>/pred``."""
+def infer(images: list, out: str) -> None:
+    """One ``run inference`` of the demo model on volume files and DICOM series folders into ``<out>/pred`` (one
+    run: every output of this model is remade together, so none is reported as left from an earlier demo)."""
     _run(
         [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
-         "--input", image, "--output_dir", f"{out}/pred", "--ckpt_path", f"{out}/model.pt", "--num_workers", "0",
-         "--overwrite", "True", "--show_progress", "False"]
+         "--input", str(list(images)), "--output_dir", f"{out}/pred", "--ckpt_path", f"{out}/model.pt",
+         "--num_workers", "0", "--overwrite", "True", "--show_progress", "False"]
     )  # fmt: skip
 
 
@@ -154,10 +155,9 @@ def main(
     )
     t_train = time.time() - t0 - t_fetch
     test_img = os.path.join(data, "imagesTs", "demo_test.nii.gz")
-    infer(test_img, out)
     # the second scan: the DICOM series folder as a hospital exports it (LPS, 0.98 mm, 512×512×20)
     dicom = os.path.join(data, "raw", "example_ct_dicom")
-    infer(dicom, out)
+    infer([test_img, dicom], out)
     pred_path = os.path.join(ROOT, out, "pred", "demo_test_seg.nii.gz")
     truth_path = os.path.join(ROOT, data, "labelsTs", "demo_test.nii.gz")
     image = load_canonical(os.path.join(ROOT, test_img), np.float32)
