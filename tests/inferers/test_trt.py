@@ -110,6 +110,7 @@ def test_overlay_keeps_the_base_ids_it_does_not_replace(case):
         "trt_max_batch",
         "network_eager",
         "ensemble_eager",
+        "unused_options",  # backend, calibration: refused on the command line (the TensorRT network runs as is)
     }
     assert base["handlers"][0]["load_dict"]["model"] == "@network"  # weights load into the wrapped network
 

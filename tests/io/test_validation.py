@@ -372,6 +372,10 @@ def test_typo_override_refused():
         for option in ("--tta", "--ckpt_paths", "--axcodes", "--output_type"):
             with pytest.raises(InputError, match=rf"{option} does nothing in this run: .*isic2018.*drop it"):
                 check_cli_overrides(isic + [option, "x"])
+        trt = infer[:-1] + ["['configs/inference.yaml','configs/inference_trt.yaml']"]
+        check_cli_overrides(trt + ["--trt_precision", "fp32", "--tta", "True"])
+        with pytest.raises(InputError, match=r"--backend does nothing in this run: .*inference_trt.*drop it"):
+            check_cli_overrides(trt + ["--backend", "onnx"])  # the overlay runs the TensorRT-wrapped network
     finally:
         os.chdir(cwd)
 

@@ -1,6 +1,8 @@
 """Every config parses through ConfigWorkflow and passes check_properties(), as the model zoo's CI does."""
 
+import json
 import os
+import re
 
 import pytest
 import torch
@@ -158,3 +160,21 @@ def test_inference_and_evaluation_apply_a_checkpoint_alike():
     assert evaluate["validate#inferer#networks"] == inference["inferer#networks"] == "@ensemble"
     for key in ("pixel_size", "slice_window"):  # evaluation runs train.yaml's validation inferer with them
         assert evaluate[f"validate#inferer#{key}"] == inference[f"inferer#{key}"] == f"$@geometry.{key}"
+
+
+@pytest.mark.parametrize(
+    "base, overlay",
+    [("inference.yaml", "isic2018/inference.yaml"), ("train.yaml", "isic2018/train.yaml"),
+     ("inference.yaml", "inference_trt.yaml")],
+)  # fmt: skip
+def test_unused_options_name_ids_of_the_base_the_overlay_never_reads(base, overlay):
+    """An overlay's ``unused_options`` (refused on the command line) must name real ids of its base config, so a
+    renamed base id cannot leave a stale entry that refuses nothing, and the overlay itself must not read them."""
+    from monai.bundle import ConfigParser
+
+    base_ids = set(ConfigParser.load_config_file(os.path.join(CFG, base)))
+    config = ConfigParser.load_config_file(os.path.join(CFG, overlay))
+    unused = config["unused_options"]
+    assert unused and set(unused) <= base_ids, set(unused) - base_ids
+    text = json.dumps({k: v for k, v in config.items() if k != "unused_options"})
+    assert not [u for u in unused if re.search(rf"@{u}\b", text)]
