@@ -19,7 +19,7 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT, TinySegNet
+from conftest import TinySegNet, inference_workflow
 
 from bundle.errors import InputError, root_input_error
 from bundle.inferers import openvino as ov_backend
@@ -209,26 +209,11 @@ def test_auto_resolution(monkeypatch, tmp_path):
 
 
 def _inference_workflow(tmp_path, src, **override):
-    from monai.bundle import ConfigWorkflow
-
+    """conftest's inference workflow on a seeded tiny checkpoint, at inference.yaml's CPU chunk size (8)."""
     torch.manual_seed(0)
     torch.save(TinySegNet().state_dict(), tmp_path / "tiny.pt")
-    return ConfigWorkflow(
-        config_file=os.path.join(ROOT, "configs", "inference.yaml"),
-        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=ROOT,
-        input=str(src),
-        output_dir=str(tmp_path / "out"),
-        ckpt_path=str(tmp_path / "tiny.pt"),
-        network_def={"_target_": "conftest.TinySegNet", "in_channels": "@in_channels", "out_channels": "@num_classes"},
-        num_workers=0,
-        show_progress=False,
-        device="cpu",
-        overwrite=True,
-        **override,
-    )
+    override = {"device": "cpu", "overwrite": True, "sw_batch_size": 8, **override}
+    return inference_workflow(str(src), tmp_path / "out", tmp_path / "tiny.pt", **override)
 
 
 @pytest.mark.parametrize("backend", ["openvino_fp8", "int8"])
