@@ -4,4 +4,6 @@ Configs refer to this package as ``bundle.…``; run commands from the repositor
 the bundle root on ``PYTHONPATH``.
 """
 
-__version__ = "0.4.1"
+# the bundle's version: provenance.json and DICOM SEG SoftwareVersions state it, pyproject.toml reads it, and a test
+# holds it equal to configs/metadata.json's "version"
+__version__ = "0.5.1"

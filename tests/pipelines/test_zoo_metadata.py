@@ -219,3 +219,15 @@ def test_data_license_names_every_data_source():
         "BSD-3-Clause",
     ):
         assert needle in text, needle
+
+
+def test_the_package_states_the_bundle_version():
+    """provenance.json and every DICOM SEG's SoftwareVersions carry ``bundle.__version__``, and pyproject.toml takes
+    the package version from it: it must be the version configs/metadata.json publishes (it said 0.4.1 in 0.5.0)."""
+    import bundle
+
+    with open(os.path.join(ROOT, "configs", "metadata.json"), encoding="utf-8") as f:
+        assert bundle.__version__ == json.load(f)["version"]
+    pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    assert 'dynamic = ["version"]' in pyproject and 'version = { attr = "bundle.__version__" }' in pyproject
+    assert not re.search(r'(?m)^version\s*=\s*"', pyproject)  # no second, static copy
